@@ -1,0 +1,1 @@
+"""One module per ``fc-caffe`` subcommand: ``add_arguments(parser)`` and ``main(args) -> int``."""
