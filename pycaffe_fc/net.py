@@ -220,6 +220,18 @@ class Net:
                 available.add(name)
                 tvec.append(self._blobs[bid])
                 tids.append(bid)
+            if layer.auto_top_blobs:
+                # Layer::AutoTopBlobs: e.g. a loss layer written without a top still gets one,
+                # anonymous, which no other layer can consume.
+                needed = max(layer.min_top, layer.exact_num_top)
+                while len(tvec) < needed:
+                    bid = len(self._blobs)
+                    self._blobs.append(Blob(name="(automatic)"))
+                    self._blob_names.append("(automatic)")
+                    self._blob_need_backward.append(False)
+                    self._blob_loss_weights.append(0.0)
+                    tvec.append(self._blobs[bid])
+                    tids.append(bid)
             self.bottom_vecs.append(bvec)
             self.top_vecs.append(tvec)
             self.bottom_ids.append(bids)

@@ -174,6 +174,7 @@ class LossLayer(Layer):
 
     exact_num_bottom = 2
     exact_num_top = 1
+    auto_top_blobs = True
 
     def default_loss_weight(self, top_index: int) -> float:
         return 1.0 if top_index == 0 else 0.0

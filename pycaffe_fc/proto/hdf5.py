@@ -1,0 +1,185 @@
+"""Weights and solver state in Caffe's HDF5 layout (net.cpp ToHDF5 / CopyTrainedLayersFromHDF5,
+sgd_solver.cpp SnapshotSolverStateToHDF5 / RestoreSolverStateFromHDF5, util/hdf5.cpp).
+
+``.caffemodel.h5``: a group ``data`` with one group per layer of the net (layers without
+parameters too), each holding datasets ``"0"``, ``"1"``... (float32, the blob's shape); a shared
+parameter is stored only by its owner. With ``snapshot_diff`` a group ``diff`` holds every
+parameter's gradient the same way.
+
+``.solverstate.h5``: ``iter`` and ``current_step`` (int32, shape (1,)), ``learned_net`` (a
+null-terminated fixed-length string), and a group ``history`` with datasets ``"0"``..``"K-1"``.
+
+Files are written to a temporary name in the target's directory, fsync'ed and renamed over the
+target, so a crash never leaves a half-written snapshot in place of a good one.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import CaffeError
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover
+        raise CaffeError("HDF5 snapshots need h5py (pip install h5py)") from None
+    return h5py
+
+
+def _write_atomic_h5(path, write: Callable) -> None:
+    h5py = _h5py()
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        with h5py.File(tmp, "w") as f:
+            write(f)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CaffeError(f"{path}: cannot write ({e})") from None
+        raise
+
+
+def _open(path):
+    h5py = _h5py()
+    if not os.path.exists(path):
+        raise CaffeError(f"{path}: file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise CaffeError(f"{path}: not an HDF5 file ({e})") from None
+
+
+def _save_string(f, name: str, s: str) -> None:
+    # H5LTmake_dataset_string: a scalar C string of strlen+1 bytes, null-terminated.
+    h5py = _h5py()
+    raw = s.encode("utf-8")
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    ds = h5py.h5d.create(f.id, name.encode(), tid, space)
+    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw + b"\0", dtype=f"S{len(raw) + 1}"), mtype=tid)
+
+
+def _load_string(f, name: str) -> str:
+    v = f[name][()]
+    if isinstance(v, np.ndarray):
+        v = v.reshape(-1)[0]
+    if isinstance(v, bytes):
+        v = v.split(b"\0", 1)[0].decode("utf-8")
+    return str(v)
+
+
+def _load_int(f, name: str, path) -> int:
+    if name not in f:
+        raise CaffeError(f"{path}: no dataset '{name}'")
+    return int(np.asarray(f[name][()]).reshape(-1)[0])
+
+
+# -- weights ------------------------------------------------------------------------------------
+def write_hdf5_weights(path, layers: Sequence[tuple[str, Sequence[tuple[np.ndarray, np.ndarray | None]]]],
+                       write_diff: bool = False) -> None:
+    """Net::ToHDF5. ``layers`` is ``[(layer_name, [(data or None, diff), ...]), ...]`` in net order;
+    ``data`` is None for a parameter the layer does not own (shared), which Caffe leaves out."""
+
+    def write(f):
+        data = f.create_group("data")
+        diff = f.create_group("diff") if write_diff else None
+        for name, blobs in layers:
+            gd = data.create_group(name)
+            gf = diff.create_group(name) if diff is not None else None
+            for j, (d, g) in enumerate(blobs):
+                if d is not None:
+                    gd.create_dataset(str(j), data=np.asarray(d, dtype=np.float32))
+                if gf is not None:
+                    gf.create_dataset(str(j), data=np.asarray(g, dtype=np.float32))
+
+    _write_atomic_h5(path, write)
+
+
+def write_net_hdf5(net, path, write_diff: bool = False) -> None:
+    """Write a Net's parameters as Caffe's ``Net::ToHDF5`` does."""
+    from ..backend import to_numpy
+    owned = set()
+    for i, owner in enumerate(net.param_owners):
+        if owner == -1:
+            owned.add(net.param_layer_indices[i])
+    layers = []
+    for lid, (name, layer) in enumerate(zip(net._layer_names, net.layers)):
+        blobs = []
+        for j, b in enumerate(layer.blobs):
+            d = to_numpy(b.data) if (lid, j) in owned else None
+            blobs.append((d, to_numpy(b.diff) if write_diff else None))
+        layers.append((name, blobs))
+    write_hdf5_weights(path, layers, write_diff)
+
+
+def read_hdf5_weights(path) -> Iterator[tuple[str, list[np.ndarray]]]:
+    """Net::CopyTrainedLayersFromHDF5's source side: ``(layer_name, [arrays])`` for each layer group
+    under ``data``, arrays in index order ``"0"``, ``"1"``... (stopping at the first one missing,
+    i.e. a shared parameter the layer does not own)."""
+    with _open(path) as f:
+        if "data" not in f:
+            raise CaffeError(f"{path}: error reading weights: no group 'data'")
+        data = f["data"]
+        for name in data:
+            g = data[name]
+            arrays = []
+            j = 0
+            while str(j) in g:
+                arrays.append(np.asarray(g[str(j)][()], dtype=np.float32))
+                j += 1
+            if len(arrays) != len(g):
+                raise CaffeError(f"{path}: layer '{name}': unexpected datasets {sorted(g)}")
+            yield name, arrays
+
+
+# -- solver state -------------------------------------------------------------------------------
+def write_hdf5_solverstate(path, iteration: int, learned_net: str, current_step: int,
+                           history: Sequence[np.ndarray]) -> None:
+    """SGDSolver::SnapshotSolverStateToHDF5."""
+
+    def write(f):
+        f.create_dataset("iter", data=np.array([iteration], dtype=np.int32))
+        _save_string(f, "learned_net", learned_net)
+        f.create_dataset("current_step", data=np.array([current_step], dtype=np.int32))
+        g = f.create_group("history")
+        for i, h in enumerate(history):
+            g.create_dataset(str(i), data=np.asarray(h, dtype=np.float32))
+
+    _write_atomic_h5(path, write)
+
+
+def read_hdf5_solverstate(path) -> dict:
+    """SGDSolver::RestoreSolverStateFromHDF5's reading side: iter, learned_net (or None),
+    current_step and the history arrays in order."""
+    with _open(path) as f:
+        out = {"iter": _load_int(f, "iter", path),
+               "learned_net": _load_string(f, "learned_net") if "learned_net" in f else None,
+               "current_step": _load_int(f, "current_step", path)}
+        if "history" not in f:
+            raise CaffeError(f"{path}: error reading history: no group 'history'")
+        g = f["history"]
+        out["history"] = [np.asarray(g[str(i)][()], dtype=np.float32) for i in range(len(g))
+                          if str(i) in g]
+        if len(out["history"]) != len(g):
+            raise CaffeError(f"{path}: history datasets are not numbered 0..{len(g) - 1}")
+    return out
