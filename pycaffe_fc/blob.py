@@ -81,7 +81,9 @@ class Blob:
     def _legacy(self, i: int) -> int:
         if self.num_axes > 4:
             raise CaffeError(f"blob '{self.name}': legacy accessor on a {self.num_axes}-d blob")
-        i = i + self.num_axes if self.num_axes else i
+        # Blob::LegacyShape: axes past the blob's (or before it, counting from the end) are 1.
+        if i < 0:
+            i += self.num_axes
         return self._shape[i] if 0 <= i < self.num_axes else 1
 
     @property

@@ -81,7 +81,7 @@ def test_in_place_and_outputs_sorted():
     net = caffe.Net(p, caffe.TEST)
     assert net.outputs == ["aa", "zz"]  # std::set order, as Caffe
     assert net.inputs == ["data", "label"]
-    assert "ip_ip_0_split_0" in net.blobs
+    assert "relu_ip_0_split_0" in net.blobs  # the last producer of "ip" is the in-place ReLU
     net.blobs["data"].data[...] = np.random.default_rng(1).standard_normal((4, 3))
     net.forward()
     assert (net.blobs["ip"].data >= 0).all()

@@ -87,5 +87,5 @@ def test_caffemodel_shape_mismatch_names_layer(tmp_path):
             lp.blobs[0].shape.dim.extend([5, 1000])
     bad = tmp_path / "bad.caffemodel"
     write_proto_binary(param, str(bad))
-    with pytest.raises(caffe.CaffeError, match=r"ip2.*param 0.*\[5, 1000\].*\[10, 500\]"):
+    with pytest.raises(caffe.CaffeError, match=r"param 0.*'ip2'.*\[5, 1000\].*\[10, 500\]"):
         caffe.Net(str(REF / "lenet.prototxt"), str(bad), caffe.TEST)

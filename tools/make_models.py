@@ -171,7 +171,7 @@ def googlenet() -> str:
         else:
             b.fc(p + "classifier", bottom, p + "classifier", 1000, xav, c0)
         loss = b.layer(p + ("loss" if k < 3 else "loss3"), "SoftmaxWithLoss", (p + "classifier", "label"),
-                       p + ("loss" if k < 3 else "loss3"))
+                       f"{p}loss{k}")
         loss.loss_weight.append(weight)
         for top_k in (1, 5):
             acc = b.layer(f"{p}top-{top_k}", "Accuracy", (p + "classifier", "label"), f"{p}top-{top_k}")

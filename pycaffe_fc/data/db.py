@@ -8,6 +8,7 @@ is never written to.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Iterator
 
 from ..errors import CaffeError
@@ -33,7 +34,7 @@ def is_lmdb(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "data.mdb"))
 
 
-def resolve_backend(backend, path: str, what: str, explicit: bool = True) -> int:
+def resolve_backend(backend, path: str, what: str, explicit: bool = True, writing: bool = False) -> int:
     """The backend to open ``path`` with. LEVELDB is refused with advice to convert; when the
     prototxt left ``backend`` at its LEVELDB default but ``path`` is an LMDB, LMDB is used."""
     if isinstance(backend, str):
@@ -45,36 +46,68 @@ def resolve_backend(backend, path: str, what: str, explicit: bool = True) -> int
         return LMDB
     if not explicit and is_lmdb(path):
         return LMDB
+    if writing:
+        raise CaffeError(f"{what}: backend LEVELDB is not supported, write LMDB instead (--backend lmdb)")
     raise CaffeError(f"{what}: backend LEVELDB is not supported, convert '{path}' to LMDB "
                      f"(e.g. fc-caffe convert_imageset --backend lmdb) and set backend: LMDB")
 
 
+_envs: dict[str, list] = {}
+_envs_lock = threading.Lock()
+
+
 def open_lmdb(path: str, what: str = "lmdb"):
-    """Open an existing LMDB read-only without locking; a missing or empty one is a CaffeError."""
+    """Open an existing LMDB read-only without locking; a missing or empty one is a CaffeError.
+
+    python-lmdb allows one Environment per database per process, so readers of the same database
+    (a train and a test net, say) share it; give it back with ``release_lmdb``."""
     _need_lmdb()
     if not os.path.isdir(path):
         raise CaffeError(f"{what}: cannot open LMDB '{path}': no such directory")
     if not is_lmdb(path):
         raise CaffeError(f"{what}: cannot open LMDB '{path}': no data.mdb in it")
-    try:
-        env = lmdb.open(path, readonly=True, lock=False, subdir=True, readahead=False,
-                        max_readers=128, meminit=False)
-    except lmdb.Error as e:
-        raise CaffeError(f"{what}: cannot open LMDB '{path}': {e}") from None
-    if env.stat()["entries"] == 0:
-        env.close()
-        raise CaffeError(f"{what}: LMDB '{path}' is empty")
-    return env
+    real = os.path.realpath(path)
+    with _envs_lock:
+        if real in _envs:
+            _envs[real][1] += 1
+            return _envs[real][0]
+        try:
+            env = lmdb.open(path, readonly=True, lock=False, subdir=True, readahead=False,
+                            max_readers=128, meminit=False)
+        except lmdb.Error as e:
+            raise CaffeError(f"{what}: cannot open LMDB '{path}': {e}") from None
+        if env.stat()["entries"] == 0:
+            env.close()
+            raise CaffeError(f"{what}: LMDB '{path}' is empty")
+        _envs[real] = [env, 1]
+        return env
+
+
+def release_lmdb(env) -> None:
+    """Give back an Environment from ``open_lmdb``; the last user closes it."""
+    with _envs_lock:
+        for real, entry in list(_envs.items()):
+            if entry[0] is env:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _envs[real]
+                    env.close()
+                return
 
 
 def iter_lmdb(path: str, what: str = "lmdb") -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) of an LMDB in key order, as Caffe's cursor walks it."""
+    """Every (key, value) of an LMDB in key order, as Caffe's cursor walks it (the database is
+    opened, and a missing one reported, at the call, not at the first ``next``)."""
     env = open_lmdb(path, what)
+    return _iter_env(env)
+
+
+def _iter_env(env) -> Iterator[tuple[bytes, bytes]]:
     try:
         with env.begin(buffers=False) as txn:
             yield from txn.cursor().iternext(keys=True, values=True)
     finally:
-        env.close()
+        release_lmdb(env)
 
 
 def lmdb_entries(path: str, what: str = "lmdb") -> int:
@@ -82,7 +115,7 @@ def lmdb_entries(path: str, what: str = "lmdb") -> int:
     try:
         return int(env.stat()["entries"])
     finally:
-        env.close()
+        release_lmdb(env)
 
 
 class LMDBStream:
@@ -135,7 +168,9 @@ class LMDBStream:
         if self._txn is not None:
             self._txn.abort()
             self._txn = self._cursor = None
-        self.env.close()
+        if self.env is not None:
+            release_lmdb(self.env)
+            self.env = None
 
 
 class LMDBWriter:

@@ -70,37 +70,39 @@ def load_layer_class(param) -> type[Layer]:
 
 
 def _import_user_module(layer_name: str, module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        missing_self = e.name is not None and module.split(".")[0] == e.name.split(".")[0]
-        cwd = os.getcwd()
-        if not missing_self or cwd in sys.path:
+    cwd = os.getcwd()
+    for attempt in range(2):
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            missing_self = e.name is not None and module.split(".")[0] == e.name.split(".")[0]
+            if not missing_self:
+                raise CaffeError(f"layer '{layer_name}' (Python): importing module '{module}' failed: "
+                                 f"{type(e).__name__}: {e}{_where(e)}") from e
+            if attempt or cwd in sys.path:
+                raise CaffeError(f"layer '{layer_name}' (Python): no module named '{module}' on PYTHONPATH "
+                                 f"or in the current directory {cwd}") from e
+            # pycaffe users keep their layer modules next to the prototxt they run from.
+            sys.path.append(cwd)
+        except Exception as e:
             raise CaffeError(f"layer '{layer_name}' (Python): importing module '{module}' failed: "
-                             f"{type(e).__name__}: {e}") from e
-    except Exception as e:
-        raise CaffeError(f"layer '{layer_name}' (Python): importing module '{module}' failed: "
-                         f"{type(e).__name__}: {e}{_where(e)}") from e
-    # pycaffe users keep their layer modules next to the prototxt they run from.
-    sys.path.append(cwd)
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        raise CaffeError(f"layer '{layer_name}' (Python): no module named '{module}' on PYTHONPATH "
-                         f"or in the current directory {cwd}") from e
-    except Exception as e:
-        raise CaffeError(f"layer '{layer_name}' (Python): importing module '{module}' failed: "
-                         f"{type(e).__name__}: {e}{_where(e)}") from e
+                             f"{type(e).__name__}: {e}{_where(e)}") from e
+    raise AssertionError("unreachable")
 
 
-def _where(e: BaseException) -> str:
+def _where(e: BaseException, user_file: str | None = None) -> str:
+    """' (at file:line)' of the deepest frame in the user's file (else the deepest frame)."""
     tb = traceback.extract_tb(e.__traceback__)
-    return f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    mine = [f for f in tb if user_file and os.path.abspath(f.filename) == os.path.abspath(user_file)]
+    frame = (mine or tb or [None])[-1]
+    return f" (at {frame.filename}:{frame.lineno})" if frame else ""
 
 
 def _layer_error(name: str, user_cls: type, verb: str, e: BaseException) -> CaffeError:
+    user_file = getattr(sys.modules.get(user_cls.__module__), "__file__", None)
+    msg = " ".join(str(e).split())  # one line, as every CaffeError
     return CaffeError(f"layer '{name}' (Python {user_cls.__module__}.{user_cls.__name__}): {verb} raised "
-                      f"{type(e).__name__}: {e}{_where(e)}")
+                      f"{type(e).__name__}: {msg}{_where(e, user_file)}")
 
 
 _SHELLS: dict[type, type] = {}

@@ -1,8 +1,11 @@
 """Learning-rate policies: Caffe's ``SGDSolver::GetLearningRate`` (sgd_solver.cpp).
 
-The arithmetic follows Caffe's ``Dtype = float`` build: the parameters are float32, sums and
-products of floats stay float32 (as C++ does), ``pow``/``exp`` run in double, and the result is
-cast back to float32 — so the rates agree with Caffe's bit for bit.
+The arithmetic follows Caffe's ``Dtype = float`` build and C++'s overload rules: the parameters
+are float32 and float-with-float arithmetic stays float32; ``pow(float, float)`` and
+``exp(float)`` are the float overloads (computed here in double and rounded once to float32, as a
+correctly rounded ``powf``); ``pow(float, int)`` ("step", "exp", "multistep") is promoted to double,
+and its product with ``base_lr`` is rounded to float32 at the end. This reproduces the rates BVLC
+Caffe prints, to the last digit (checked against its log for "inv").
 
 fc-caffe extension (SolverParameter fields 1000/1001, ignored by plain Caffe): ``warmup_iter``
 and ``warmup_start_lr_ratio`` ramp the rate linearly from ``base_lr * warmup_start_lr_ratio`` at
@@ -48,7 +51,7 @@ def learning_rate(param, iteration: int, current_step: int = 0) -> tuple[float, 
         _check_gamma(gamma, policy)
         # Dtype(1) + gamma * iter is float arithmetic in Caffe
         base = f32(1) + gamma * f32(it)
-        rate = float(base_lr) * _pow(float(base), -float(power))
+        rate = base_lr * _powf(base, -power)
     elif policy == "multistep":
         if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
             current_step += 1
@@ -59,10 +62,10 @@ def learning_rate(param, iteration: int, current_step: int = 0) -> tuple[float, 
         if param.max_iter <= 0:
             raise CaffeError(f"lr_policy \"poly\" needs max_iter > 0 (got {param.max_iter})")
         base = f32(1) - f32(it) / f32(param.max_iter)
-        rate = float(base_lr) * _pow(float(base), float(power))
+        rate = base_lr * _powf(base, power)
     elif policy == "sigmoid":
         x = -gamma * (f32(it) - f32(param.stepsize))
-        rate = float(base_lr) * (1.0 / (1.0 + _exp(float(x))))
+        rate = base_lr * (f32(1) / (f32(1) + _expf(x)))
     elif not policy:
         raise CaffeError("solver: lr_policy is not set (one of " + ", ".join(POLICIES) + ")")
     else:
@@ -86,15 +89,21 @@ def _check_gamma(gamma, policy: str) -> None:
         raise CaffeError(f"lr_policy \"{policy}\" needs gamma >= 0 (got {float(gamma)})")
 
 
-def _pow(base: float, exponent: float) -> float:
+def _powf(base, exponent) -> np.float32:
+    """C++ ``pow(float, float)``: the float overload."""
     try:
-        return math.pow(base, exponent)
+        r = math.pow(float(base), float(exponent))
     except (ValueError, OverflowError):
-        return float("nan") if base < 0 else float("inf")
+        r = float("nan") if base < 0 else float("inf")
+    with np.errstate(over="ignore"):
+        return f32(r)
 
 
-def _exp(x: float) -> float:
+def _expf(x) -> np.float32:
+    """C++ ``exp(float)``: the float overload."""
     try:
-        return math.exp(x)
+        r = math.exp(float(x))
     except OverflowError:
-        return float("inf")
+        r = float("inf")
+    with np.errstate(over="ignore"):
+        return f32(r)

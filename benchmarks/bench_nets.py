@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Forward+backward speed of whole nets on the CPU, against numpy's GEMM rate and BVLC Caffe.
+
+For LeNet (batch 64), cifar10_quick (batch 100), NiN-ImageNet and GoogLeNet (batch 8, 224x224)
+this times ``forward`` then ``backward`` with ``force_backward: true`` (so the input gradient is
+computed too, as in ``caffe time`` on the ``*_fb`` nets of ../shared/caffe-reference), in TRAIN
+phase as ``caffe time`` builds its net, after one warm-up pass. It counts the nets' FLOPs (a
+multiply-add is 2 FLOPs; Convolution, Deconvolution and InnerProduct forward; backward counted as
+2x forward for the weight and input gradients), prints the achieved GFLOP/s beside numpy's float32
+GEMM rate measured in the same run (np.matmul of 1024x1024 matrices, and of the largest GEMM shape
+of the net), and BVLC Caffe's own time from timing.json with our ratio to it.
+
+Usage (from the repository root):
+
+    python benchmarks/bench_nets.py                      # all four nets
+    python benchmarks/bench_nets.py --nets nin --iters 5 --per-layer
+
+Nothing here changes the BLAS thread count; run it as the tests run (OpenBLAS, 2 threads here).
+A benchmark only: it asserts nothing about time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SHARED = os.environ.get("FC_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+REF = os.path.join(SHARED, "caffe-reference")
+
+# key: (prototxt, batch, timing.json key, target fraction of the GEMM rate)
+NETS = {
+    "lenet": (os.path.join(SHARED, "caffe-models/mnist_lenet/lenet.prototxt"), 64, "lenet_b64", 0.30),
+    "cifar10_quick": (os.path.join(SHARED, "caffe-models/cifar10/cifar10_quick.prototxt"), 100,
+                      "cifar10_quick_b100", 0.30),
+    "nin": (os.path.join(REF, "timing/nin_imagenet_b8.prototxt"), 8, "nin_imagenet_b8", 0.60),
+    "googlenet": (os.path.join(REF, "timing/googlenet_b8.prototxt"), 8, "googlenet_b8", 0.45),
+}
+
+
+def gemm_rate(m: int, k: int, n: int, seconds: float = 0.6) -> float:
+    """Best-of-runs float32 np.matmul rate in GFLOP/s for (m, k) x (k, n)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    c = np.empty((m, n), np.float32)
+    np.matmul(a, b, out=c)
+    best = float("inf")
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * m * k * n / best / 1e9
+
+
+def load_net(path: str, batch: int):
+    """The prototxt with its Input batch set and force_backward on, built in TRAIN phase."""
+    import pycaffe_fc as caffe
+    from pycaffe_fc.proto.io import read_net_param
+
+    param = read_net_param(path)
+    param.force_backward = True
+    for lp in param.layer:
+        if lp.type == "Input":
+            for shape in lp.input_param.shape:
+                shape.dim[0] = batch
+    return caffe.Net(param, caffe.TRAIN)
+
+
+def layer_flops(net) -> tuple[dict[str, float], tuple[int, int, int]]:
+    """Forward FLOPs of each Convolution/Deconvolution/InnerProduct layer, and the net's largest
+    GEMM as (M, K, N) (for a GEMM-rate measurement at a size typical of the net)."""
+    flops: dict[str, float] = {}
+    biggest, big_shape = 0.0, (1024, 1024, 1024)
+    for name, layer, bottoms, tops in zip(net._layer_names, net.layers, net.bottom_vecs, net.top_vecs):
+        if layer.type in ("Convolution", "Deconvolution"):
+            w = layer.blobs[0].shape
+            k = int(np.prod(w[1:]))
+            if layer.type == "Convolution":
+                positions = tops[0].count // tops[0].shape[layer.geom.channel_axis]
+                m = w[0]
+            else:
+                positions = bottoms[0].count // bottoms[0].shape[layer.geom.channel_axis]
+                m = w[0]
+                k = int(np.prod(w[1:]))
+            f = 2.0 * m * k * positions * len(bottoms)
+            shape = (m // layer.group, k, positions)
+        elif layer.type == "InnerProduct":
+            rows = layer.m
+            f = 2.0 * rows * layer.k * layer.num_output
+            shape = (rows, layer.k, layer.num_output)
+        else:
+            continue
+        flops[name] = f
+        if f > biggest:
+            biggest, big_shape = f, shape
+    return flops, big_shape
+
+
+def time_net(net, iters: int, per_layer: bool):
+    """Average forward and backward ms over ``iters`` passes after one warm-up pass."""
+    rng = np.random.default_rng(0)
+    for name in net.inputs:
+        b = net.blobs[name]
+        b.data[...] = rng.standard_normal(b.shape, dtype=np.float32)
+    outs = net.outputs
+
+    def set_top_diffs():
+        for name in outs:
+            b = net.blobs[name]
+            b.diff[...] = rng.standard_normal(b.shape, dtype=np.float32) if b.count > 1 else 1.0
+
+    layer_ms = defaultdict(lambda: [0.0, 0.0])
+    if per_layer:
+        for i, layer in enumerate(net.layers):
+            _instrument(layer, net._layer_names[i], layer_ms)
+    net.forward()
+    set_top_diffs()
+    net.backward()
+    layer_ms.clear()
+    fwd = bwd = 0.0
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        net.forward()
+        t1 = time.perf_counter()
+        set_top_diffs()
+        t2 = time.perf_counter()
+        net.backward()
+        t3 = time.perf_counter()
+        fwd += t1 - t0
+        bwd += t3 - t2
+    return fwd / iters * 1e3, bwd / iters * 1e3, {k: (v[0] / iters, v[1] / iters) for k, v in layer_ms.items()}
+
+
+def _instrument(layer, name, acc) -> None:
+    f, b = layer.Forward, layer.Backward
+
+    def forward(bottom, top):
+        t = time.perf_counter()
+        r = f(bottom, top)
+        acc[name][0] += (time.perf_counter() - t) * 1e3
+        return r
+
+    def backward(top, prop, bottom):
+        t = time.perf_counter()
+        b(top, prop, bottom)
+        acc[name][1] += (time.perf_counter() - t) * 1e3
+
+    layer.Forward, layer.Backward = forward, backward
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nets", default=",".join(NETS), help="comma-separated subset of " + ", ".join(NETS))
+    ap.add_argument("--iters", type=int, default=0, help="timed passes per net (default: 20 for LeNet, "
+                                                         "10 for cifar10_quick, 5 for NiN and GoogLeNet)")
+    ap.add_argument("--per-layer", action="store_true", help="also print each layer's forward/backward ms")
+    ap.add_argument("--json", help="write the results to this file")
+    args = ap.parse_args(argv)
+
+    timing = {}
+    tpath = os.path.join(REF, "timing.json")
+    if os.path.exists(tpath):
+        with open(tpath) as f:
+            timing = json.load(f).get("nets_force_backward", {})
+
+    peak = gemm_rate(1024, 1024, 1024)
+    print(f"numpy {np.__version__} float32 GEMM (np.matmul 1024x1024x1024): {peak:.1f} GFLOP/s")
+    default_iters = {"lenet": 20, "cifar10_quick": 10, "nin": 5, "googlenet": 5}
+    rows = []
+    for key in [k.strip() for k in args.nets.split(",") if k.strip()]:
+        if key not in NETS:
+            print(f"unknown net '{key}' (choose from {', '.join(NETS)})", file=sys.stderr)
+            return 2
+        path, batch, tkey, target = NETS[key]
+        if not os.path.exists(path):
+            print(f"{key}: {path} is missing, skipped")
+            continue
+        net = load_net(path, batch)
+        flops, shape = layer_flops(net)
+        fwd_flops = sum(flops.values())
+        total_flops = 3.0 * fwd_flops  # forward + backward (weights and input gradients)
+        typical = gemm_rate(*shape, seconds=0.3)
+        iters = args.iters or default_iters.get(key, 5)
+        fwd_ms, bwd_ms, per_layer = time_net(net, iters, args.per_layer)
+        total_ms = fwd_ms + bwd_ms
+        gflops = total_flops / (total_ms / 1e3) / 1e9
+        caffe_ms = timing.get(tkey, {}).get("avg_forward_backward_ms")
+        row = dict(net=key, batch=batch, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=total_ms,
+                   ms_per_image=total_ms / batch, gflop_per_pass=total_flops / 1e9, gflops=gflops,
+                   gemm_1024=peak, gemm_typical=typical, typical_shape=list(shape), ratio=gflops / peak,
+                   target=target, caffe_ms=caffe_ms,
+                   caffe_gflops=(total_flops / (caffe_ms / 1e3) / 1e9) if caffe_ms else None)
+        rows.append(row)
+        if args.per_layer:
+            print(f"\n{key}: per layer (ms forward / backward)")
+            for name in net._layer_names:
+                if name in per_layer:
+                    f, b = per_layer[name]
+                    extra = ""
+                    if name in flops:
+                        extra = f"  {3 * flops[name] / ((f + b) / 1e3) / 1e9:6.1f} GFLOP/s" if f + b else ""
+                    print(f"  {name:40s} {f:8.2f} {b:8.2f}{extra}")
+        del net
+
+    print()
+    hdr = (f"{'net':14s} {'batch':>5s} {'fwd ms':>8s} {'bwd ms':>8s} {'ms/img':>8s} {'GFLOP':>7s} "
+           f"{'GFLOP/s':>8s} {'GEMM':>7s} {'ratio':>6s} {'target':>6s} {'GEMM@net':>8s} "
+           f"{'Caffe ms':>9s} {'Caffe GF/s':>10s} {'ours/Caffe':>10s}")
+    print(hdr)
+    for r in rows:
+        caffe = f"{r['caffe_ms']:9.1f} {r['caffe_gflops']:10.1f} {r['total_ms'] / r['caffe_ms']:10.2f}" \
+            if r["caffe_ms"] else f"{'-':>9s} {'-':>10s} {'-':>10s}"
+        print(f"{r['net']:14s} {r['batch']:5d} {r['fwd_ms']:8.1f} {r['bwd_ms']:8.1f} {r['ms_per_image']:8.2f} "
+              f"{r['gflop_per_pass']:7.2f} {r['gflops']:8.1f} {r['gemm_1024']:7.1f} {r['ratio']:6.0%} "
+              f"{r['target']:6.0%} {r['gemm_typical']:8.1f} {caffe}")
+    print("\nratio = achieved GFLOP/s / np.matmul 1024^3 GFLOP/s; GEMM@net = np.matmul rate at the net's "
+          "largest GEMM shape;\nCaffe = BVLC Caffe `caffe time` with force_backward (timing.json, same FLOP "
+          "count); ours/Caffe = time ratio (<1 is faster).")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

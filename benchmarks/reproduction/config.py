@@ -1,0 +1,143 @@
+"""What each form of the reproduction runs, and the figures the paper reports.
+
+Three forms share one code path and differ only in size:
+
+- ``full``: the study behind the committed REPRODUCTION.md (under 90 minutes on 2 cores);
+- ``quick`` (``--quick``): the same tables and plots in a few minutes, fewer settings;
+- ``smoke`` (``--quick --smoke``): the test suite's form, well under a minute, tiny subsets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NetRecipe:
+    """One net of study 1: its prototxts, its tuned small-batch rate and the large-batch sweep."""
+
+    key: str                 # "lenet" or "nin"
+    title: str
+    train_val: str           # path relative to the repository root
+    solver: str              # the baseline (batch 64) solver recipe
+    sweep_lrs: tuple[float, ...]   # large-batch base_lr values, doubling each step
+    extra_lrs: tuple[float, ...]   # rates also run with the poly policy and with warm-up
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The size of one form of the reproduction."""
+
+    name: str
+    nets: tuple[NetRecipe, ...]
+    train_images: int            # first N records of the training LMDB
+    test_images: int             # first N records of the test LMDB (full test set: 10000)
+    epochs: int                  # the same for the small and the large batch
+    small_batch: int = 64
+    large_batch: int = 1024      # global: workers x per-worker batch
+    workers: int = 4
+    tests_per_run: int = 4       # test points along each training curve
+    warmup_epochs: float = 1.0   # length of the linear warm-up, in epochs of the subset
+    warmup_start_ratio: float = 0.0625   # warm-up starts at base_lr / 16 (the small-batch rate)
+    poly_power: float = 0.5      # Caffe's poly policy as in GoogLeNet's quick_solver
+    # study 2
+    comm_hosts: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    comm_rates: tuple[str, ...] = ("1gbit", "2gbit")
+    comm_models: tuple[str, ...] = ("nin_imagenet", "googlenet")
+    comm_algos: tuple[str, ...] = ("tree", "pipelined", "ps", "mpi")
+    comm_repeats: int = 2
+    comm_scale: float = 1.0      # fraction of |W| actually sent (smoke form only)
+    extrapolate_p: tuple[int, ...] = (32, 128, 256)
+    compute_batch: int = 8       # images per timed forward/backward of the ImageNet nets
+    compute_iters: int = 2
+    # study 3
+    speedup_workers: tuple[int, ...] = (1, 2, 4)
+    speedup_net: str = "nin"
+    speedup_batch: int = 1024
+    speedup_iters: int = 6
+    speedup_rate: str = "1gbit"
+    use_vcluster: bool = True
+
+
+LENET = NetRecipe(
+    key="lenet", title="LeNet",
+    train_val="models/lenet_fashion/lenet_train_test.prototxt",
+    solver="models/lenet_fashion/lenet_solver.prototxt",
+    sweep_lrs=(0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
+    extra_lrs=(0.16, 0.32, 0.64),
+)
+NIN = NetRecipe(
+    key="nin", title="NiN (Fashion)",
+    train_val="models/nin_fashion/train_val.prototxt",
+    solver="models/nin_fashion/solver.prototxt",
+    sweep_lrs=(0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
+    extra_lrs=(0.16, 0.32, 0.64),
+)
+
+FULL = Mode(name="full", nets=(LENET, NIN), train_images=60000, test_images=10000, epochs=2)
+
+QUICK = Mode(
+    name="quick", nets=(LENET, NIN), train_images=8192, test_images=2000, epochs=2,
+    tests_per_run=2,
+    comm_hosts=(1, 2, 4), comm_rates=("1gbit",), comm_models=("nin_imagenet",),
+    comm_repeats=1, speedup_iters=3,
+)
+
+SMOKE = Mode(
+    name="smoke",
+    nets=(NetRecipe(key="lenet", title="LeNet", train_val=LENET.train_val, solver=LENET.solver,
+                    sweep_lrs=(0.04, 0.08), extra_lrs=(0.08,)),),
+    train_images=512, test_images=200, epochs=1, small_batch=64, large_batch=256, workers=2,
+    tests_per_run=2, warmup_epochs=0.5,
+    comm_hosts=(1, 2), comm_rates=("1gbit",), comm_models=("nin_imagenet",),
+    comm_algos=("tree", "ps"), comm_repeats=1, comm_scale=0.01, compute_batch=1, compute_iters=1,
+    extrapolate_p=(32, 128), speedup_workers=(1, 2), speedup_net="lenet", speedup_batch=64,
+    speedup_iters=2, use_vcluster=False,
+)
+
+MODES = {m.name: m for m in (FULL, QUICK, SMOKE)}
+
+
+# -- the paper ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interconnect:
+    """A per-node link bandwidth used to carry the model to the paper's cluster sizes."""
+
+    name: str
+    bytes_per_s: float
+    source: str
+
+
+#: The paper runs on Infiniband clusters and on Titan (Cray XK7, Gemini interconnect). The paper's
+#: own text was not available to the search tool, so the bandwidths come from these sources.
+INTERCONNECTS = (
+    Interconnect("Infiniband FDR 4x (54.5 Gbit/s data rate)", 54.5e9 / 8,
+                 "FDR: 56 Gbit/s signalling, 64b/66b encoding, 54 Gbit/s of data "
+                 "(advancedclustering.com/act_kb/infiniband-types-speeds)"),
+    Interconnect("Cray Gemini (Titan), >6 GB/s per direction measured", 6.0e9,
+                 "NIC peak 8.3 GB/s per direction, over 6 GB/s measured "
+                 "(euroben.nl/reports/web10/xe6.php)"),
+)
+
+
+@dataclass(frozen=True)
+class PaperSpeedup:
+    net: str          # "nin_imagenet" or "googlenet"
+    gpus: int
+    speedup: float
+
+
+#: Speedups over single-GPU Caffe the paper reports for batch-1024 training with the reduction
+#: tree (abstract and Sec. 6; 47x on 128 GPUs is in the abstract).
+PAPER_SPEEDUPS = (
+    PaperSpeedup("nin_imagenet", 32, 23.0),
+    PaperSpeedup("googlenet", 32, 16.0),
+    PaperSpeedup("googlenet", 128, 47.0),
+    PaperSpeedup("nin_imagenet", 128, 39.0),
+)
+
+#: The ImageNet nets of study 2 (|W| from the comm model of fc-caffe's parallel package).
+IMAGENET_NETS = {
+    "nin_imagenet": ("NiN (ImageNet)", "caffe-models/nin_imagenet/train_val.prototxt"),
+    "googlenet": ("GoogLeNet", "caffe-models/bvlc_googlenet/train_val.prototxt"),
+}
+PAPER_GLOBAL_BATCH = 1024

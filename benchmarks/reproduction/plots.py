@@ -1,0 +1,184 @@
+"""The PNG figures of REPRODUCTION.md (matplotlib: an optional dependency of this script only)."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from .commbench import ALGO_TITLES
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("benchmarks/reproduce.py: the plots need matplotlib "
+                         "(pip install matplotlib, or pip install -e '.[plot]'); "
+                         "rerun with --no-plots to write the report without them")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_all(results: dict[str, Any], out_dir: str) -> list[str]:
+    """Every figure the results allow; returns the paths written."""
+    plt = _pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    paths: list[str] = []
+    s1 = results.get("study1") or {}
+    if s1.get("nets"):
+        paths.append(_lr_sweep(plt, s1, out_dir))
+        for key, net in s1["nets"].items():
+            paths.append(_curves(plt, key, net, out_dir))
+    s2 = results.get("study2") or {}
+    if s2.get("measured"):
+        paths.append(_allreduce(plt, s2, out_dir))
+    if s2.get("extrapolation"):
+        paths.append(_extrapolation(plt, s2, out_dir))
+    s3 = results.get("study3") or {}
+    if s3.get("runs"):
+        paths.append(_speedup(plt, s3, out_dir))
+    return [p for p in paths if p]
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
+    nets = s1["nets"]
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
+    for ax, (key, net) in zip(axes[0], nets.items()):
+        for kind, style in (("sweep", "o-"), ("poly", "s--"), ("warmup", "^:")):
+            pts = sorted((r["spec"]["base_lr"], _acc(r)) for r in net["runs"] if r["spec"]["kind"] == kind)
+            if pts:
+                label = {"sweep": f"batch {s1['large_batch']} ({net['policy']})",
+                         "poly": f"batch {s1['large_batch']}, poly", "warmup": f"batch {s1['large_batch']}, warm-up"}[kind]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+        base = [r for r in net["runs"] if r["spec"]["kind"] == "baseline"]
+        if base:
+            b = base[0]
+            ax.axhline(_acc(b), color="k", lw=1, label=f"batch {b['spec']['batch']}, lr {b['spec']['base_lr']:g}")
+            ax.axhline(_acc(b) - 0.01, color="k", lw=0.6, ls="--", label="baseline - 1 point")
+        ax.axhline(0.10, color="grey", lw=0.8, ls=":", label="chance (10 classes)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("base_lr")
+        ax.set_ylabel("final test top-1")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{net['title']}: top-1 after {s1['epochs']} epochs")
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(plt, fig, os.path.join(out_dir, "lr_sweep.png"))
+
+
+def _acc(run: dict[str, Any]) -> float:
+    a = run.get("final_accuracy")
+    return float("nan") if a is None else a
+
+
+def _curves(plt, key: str, net: dict[str, Any], out_dir: str) -> str:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    n_train = net["train_images"]
+    for r in net["runs"]:
+        spec = r["spec"]
+        if spec["kind"] not in ("baseline", "sweep", "warmup"):
+            continue
+        scale = spec["batch"] / n_train
+        ls = "-" if spec["kind"] != "warmup" else ":"
+        lw = 2.2 if spec["kind"] == "baseline" else 1.2
+        tr = [(row["NumIters"] * scale, row["loss"]) for row in r["train"] if _finite(row.get("loss"))]
+        te = [(row["NumIters"] * scale, row["accuracy"]) for row in r["test"] if "accuracy" in row]
+        if tr:
+            ax1.plot([t[0] for t in tr], [min(t[1], 5.0) for t in tr], ls, lw=lw, label=spec["label"])
+        if te:
+            ax2.plot([t[0] for t in te], [t[1] for t in te], ls + "o", lw=lw, ms=3, label=spec["label"])
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (clipped at 5)")
+    ax1.set_title(f"{net['title']}: training loss")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("test top-1")
+    ax2.set_ylim(0, 1)
+    ax2.set_title(f"{net['title']}: test top-1")
+    ax2.legend(fontsize=6, loc="lower right")
+    return _save(plt, fig, os.path.join(out_dir, f"curves_{key}.png"))
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _allreduce(plt, s2: dict[str, Any], out_dir: str) -> str:
+    meas = s2["measured"]
+    rates = list(meas["rates"])
+    nets = list(meas["sizes"])
+    fig, axes = plt.subplots(len(rates), len(nets), figsize=(5.5 * len(nets), 4 * len(rates)), squeeze=False)
+    for i, rate in enumerate(rates):
+        info = meas["rates"][rate]
+        bw = info.get("measured_bytes_per_s") or info["nominal_bytes_per_s"]
+        ps_ = sorted(int(p) for p in info["by_p"])
+        for j, net in enumerate(nets):
+            ax = axes[i][j]
+            for algo in meas["algos"]:
+                pts = [(p, info["by_p"][str(p)]["times"][net][algo]["median_s"]) for p in ps_]
+                ax.plot([p for p, _ in pts], [t for _, t in pts], "o-", label=f"{ALGO_TITLES[algo]} (measured)")
+            nbytes = meas["sizes"][net]
+            model = s2["model"][rate][net]
+            ax.plot(ps_, [model["eq4_tree"][str(p)] for p in ps_], "k--", lw=1, label="Eq. 4 tree model")
+            ax.plot(ps_, [model["eq3_ps"][str(p)] for p in ps_], "k:", lw=1, label="Eq. 3 PS model")
+            ax.set_xlabel("hosts p")
+            ax.set_ylabel("allreduce time (s)")
+            ax.set_title(f"{s2['titles'].get(net, net)}, |W| = {nbytes / 1e6:.1f} MB, {rate} "
+                         f"(measured {bw * 8 / 1e9:.2f} Gbit/s)", fontsize=9)
+            ax.legend(fontsize=7)
+    return _save(plt, fig, os.path.join(out_dir, "allreduce.png"))
+
+
+def _extrapolation(plt, s2: dict[str, Any], out_dir: str) -> str:
+    ext = s2["extrapolation"]
+    nets = list(ext["nets"])
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        e = ext["nets"][net]
+        ps_ = e["curve_p"]
+        ax.plot(ps_, ps_, color="grey", lw=0.8, ls=":", label="linear")
+        for ic in e["curves"]:
+            ax.plot(ps_, ic["tree_speedup"], "-", label=f"tree, {ic['short']}, compute here")
+            ax.plot(ps_, ic["ps_speedup"], "--", label=f"PS, {ic['short']}, compute here")
+            if ic.get("tree_speedup_implied"):
+                ax.plot(ps_, ic["tree_speedup_implied"], "-.", lw=1,
+                        label=f"tree, {ic['short']}, compute implied by paper")
+        for pt in e["paper"]:
+            ax.plot([pt["gpus"]], [pt["speedup"]], "k*", ms=10)
+            ax.annotate(f"paper {pt['speedup']:g}x", (pt["gpus"], pt["speedup"]), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("GPUs / workers p")
+        ax.set_ylabel("predicted speedup (batch 1024)")
+        ax.set_title(f"{s2['titles'].get(net, net)}: Eq. 1-4 carried to p = 256", fontsize=9)
+        ax.legend(fontsize=6)
+    return _save(plt, fig, os.path.join(out_dir, "extrapolation.png"))
+
+
+def _speedup(plt, s3: dict[str, Any], out_dir: str) -> str:
+    runs = s3["runs"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    w = [r["workers"] for r in runs]
+    ax1.plot(w, [r["speedup"] for r in runs], "o-", label="measured")
+    ax1.plot(w, w, ":", color="grey", label="linear")
+    ax1.axhline(1, color="k", lw=0.6)
+    ax1.set_xlabel("workers (hosts of the virtual cluster)" if s3.get("vcluster") else "workers (local MPI)")
+    ax1.set_ylabel("speedup over 1 worker")
+    ax1.set_title(f"{s3['net']}: {s3['iters']} x {s3['batch']} samples", fontsize=9)
+    ax1.legend(fontsize=7)
+    comm = [r.get("comm_s") or 0.0 for r in runs]
+    loop = [r["loop_s"] for r in runs]
+    ax2.bar([str(x) for x in w], [lp - c for lp, c in zip(loop, comm)], label="compute and the rest")
+    ax2.bar([str(x) for x in w], comm, bottom=[lp - c for lp, c in zip(loop, comm)], label="gradient sync")
+    ax2.set_xlabel("workers")
+    ax2.set_ylabel("training-loop seconds")
+    ax2.set_title("where the time went (2 shared cores)", fontsize=9)
+    ax2.legend(fontsize=7)
+    return _save(plt, fig, os.path.join(out_dir, "speedup.png"))

@@ -1,0 +1,245 @@
+"""Study 1: batch size and learning rate on Fashion-MNIST, with ``fc-caffe train``.
+
+Every setting is one real ``fc-caffe train`` run (``--gpus 4 --sync tree`` for the large batch):
+this module writes a solver and net derived from a recipe under ``models/`` (data sources pointed
+at the subset, batch size, rate, policy, iterations), runs it, keeps the Caffe-format log and
+parses it with ``tools/parse_log.py`` into the curves and the final test top-1.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import Mode, NetRecipe
+
+CHANCE = 0.10  # ten classes
+
+
+@dataclass
+class RunSpec:
+    """One training run of study 1."""
+
+    run_id: str
+    net: str                 # recipe key
+    kind: str                # "baseline", "sweep", "poly" or "warmup"
+    batch: int               # global batch
+    workers: int
+    base_lr: float
+    lr_policy: str
+    max_iter: int
+    test_interval: int
+    test_iter: int
+    warmup_iter: int = 0
+    warmup_start_lr_ratio: float = 0.0
+    power: float = 0.0
+
+    @property
+    def label(self) -> str:
+        extra = {"poly": f" poly({self.power:g})", "warmup": f" warm-up {self.warmup_iter} it"}.get(self.kind, "")
+        return f"batch {self.batch} lr {self.base_lr:g}{extra}"
+
+
+@dataclass
+class RunResult:
+    """What one run measured, read from its own log."""
+
+    spec: dict[str, Any]
+    log: str
+    returncode: int
+    wall_s: float
+    train: list[dict[str, float]] = field(default_factory=list)   # NumIters, Seconds, LearningRate, loss
+    test: list[dict[str, float]] = field(default_factory=list)    # NumIters, Seconds, accuracy, loss
+    final_accuracy: float | None = None
+    final_test_iter: int | None = None
+    diverged: bool = False
+    error: str = ""
+
+
+# -- planning ------------------------------------------------------------------------------------
+def iterations(mode: Mode, batch: int) -> tuple[int, int]:
+    """(max_iter, test_interval) for ``mode.epochs`` over the subset at ``batch``: max_iter is a
+    multiple of test_interval, so Caffe's solver tests after the last update too."""
+    # at least two test points: Caffe's parse_log.py drops the only row of a one-row table
+    total = max(2, math.ceil(mode.epochs * mode.train_images / batch))
+    tests = max(2, min(mode.tests_per_run, total))
+    interval = max(1, math.ceil(total / tests))
+    return interval * tests, interval
+
+
+def plan(mode: Mode, recipe: NetRecipe, baseline_lr: float, baseline_policy: str) -> list[RunSpec]:
+    """The runs of one net: the small-batch baseline, the large-batch sweep (baseline's policy),
+    and the highest rates again with the poly policy and with a linear warm-up."""
+    test_iter = max(1, mode.test_images // 100)
+    runs: list[RunSpec] = []
+    it, ti = iterations(mode, mode.small_batch)
+    runs.append(RunSpec(f"{recipe.key}_b{mode.small_batch}_lr{baseline_lr:g}", recipe.key, "baseline",
+                        mode.small_batch, 1, baseline_lr, baseline_policy, it, ti, test_iter))
+    it, ti = iterations(mode, mode.large_batch)
+    w = mode.workers
+    for lr in recipe.sweep_lrs:
+        runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}", recipe.key, "sweep",
+                            mode.large_batch, w, lr, baseline_policy, it, ti, test_iter))
+    warm = max(1, round(mode.warmup_epochs * mode.train_images / mode.large_batch))
+    for lr in recipe.extra_lrs:
+        runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_poly", recipe.key, "poly",
+                            mode.large_batch, w, lr, "poly", it, ti, test_iter, power=mode.poly_power))
+    for lr in recipe.extra_lrs:
+        runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_warmup", recipe.key, "warmup",
+                            mode.large_batch, w, lr, baseline_policy, it, ti, test_iter,
+                            warmup_iter=min(warm, it), warmup_start_lr_ratio=mode.warmup_start_ratio))
+    return runs
+
+
+# -- prototxts -----------------------------------------------------------------------------------
+def recipe_baseline(root: str, recipe: NetRecipe):
+    """The recipe's SolverParameter (read with fc-caffe's own reader)."""
+    from pycaffe_fc.proto import io
+    return io.read_solver_param(os.path.join(root, recipe.solver))
+
+
+def write_run_files(root: str, run_dir: str, recipe: NetRecipe, spec: RunSpec,
+                    train_source: str, test_source: str) -> str:
+    """The net and solver of ``spec`` under ``run_dir``; returns the solver's path."""
+    from google.protobuf import text_format
+    from pycaffe_fc.proto import caffe_pb2, io
+
+    os.makedirs(run_dir, exist_ok=True)
+    net = io.read_net_param(os.path.join(root, recipe.train_val))
+    for layer in net.layer:
+        if layer.type != "Data":
+            continue
+        phases = [r.phase for r in layer.include]
+        if caffe_pb2.TEST in phases:
+            layer.data_param.source, layer.data_param.batch_size = test_source, 100
+        else:
+            layer.data_param.source, layer.data_param.batch_size = train_source, spec.batch
+    net_path = os.path.join(run_dir, "train_val.prototxt")
+    with open(net_path, "w") as f:
+        f.write(f"# {spec.label}: derived from {recipe.train_val} by benchmarks/reproduce.py\n")
+        f.write(text_format.MessageToString(net))
+
+    s = recipe_baseline(root, recipe)
+    for name in ("train_net", "test_net", "train_net_param", "test_net_param", "net_param"):
+        s.ClearField(name)
+    s.ClearField("test_iter")
+    s.ClearField("test_state")
+    s.net = net_path
+    s.test_iter.append(spec.test_iter)
+    s.test_interval = spec.test_interval
+    s.test_initialization = False
+    s.max_iter = spec.max_iter
+    s.base_lr = spec.base_lr
+    s.lr_policy = spec.lr_policy
+    if spec.lr_policy == "poly":
+        s.power = spec.power
+    s.display = max(1, spec.max_iter // 50)
+    s.average_loss = 1
+    s.snapshot = 0
+    s.snapshot_after_train = False
+    s.snapshot_prefix = os.path.join(run_dir, "snap")
+    s.solver_mode = caffe_pb2.SolverParameter.CPU
+    if not s.HasField("random_seed"):
+        s.random_seed = 1701
+    if spec.warmup_iter:
+        s.warmup_iter = spec.warmup_iter
+        s.warmup_start_lr_ratio = spec.warmup_start_lr_ratio
+    solver_path = os.path.join(run_dir, "solver.prototxt")
+    with open(solver_path, "w") as f:
+        f.write(f"# {spec.label}: derived from {recipe.solver} by benchmarks/reproduce.py\n")
+        f.write(text_format.MessageToString(s))
+    return solver_path
+
+
+# -- running -------------------------------------------------------------------------------------
+def train_command(solver: str, workers: int, sync: str = "tree") -> list[str]:
+    """The ``fc-caffe train`` command line of a run (as the report prints it)."""
+    cmd = [sys.executable, "-m", "pycaffe_fc", "train", "--solver", solver]
+    if workers > 1:
+        cmd += ["--gpus", str(workers), "--sync", sync]
+    return cmd
+
+
+def run_training(root: str, cmd: list[str], log_path: str, timeout: float,
+                 env_extra: dict[str, str] | None = None) -> tuple[int, float]:
+    """Run ``cmd`` from the repository root with its log (stderr, as GLOG_logtostderr) in
+    ``log_path``; returns (exit status, wall seconds)."""
+    env = dict(os.environ, GLOG_logtostderr="1", PYTHONUNBUFFERED="1")
+    env.setdefault("PYTHONPATH", root)
+    if env_extra:
+        env.update(env_extra)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\nreproduce.py: killed after {timeout:.0f} s\n")
+            rc = 124
+    return rc, time.perf_counter() - t0
+
+
+def parse_training_log(log_path: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(train rows, test rows) of a Caffe-format log, parsed by tools/parse_log.py."""
+    parse_log = _parse_log_module()
+    train, test = parse_log.parse_log(log_path)
+    return [dict(r) for r in train], [dict(r) for r in test]
+
+
+def _parse_log_module():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tools = os.path.join(root, "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import parse_log  # noqa: WPS433 - tools/parse_log.py, Caffe's log parser
+    return parse_log
+
+
+def execute(root: str, work_dir: str, recipe: NetRecipe, spec: RunSpec, train_source: str,
+            test_source: str, timeout: float, log=print) -> RunResult:
+    """Write, run and parse one run of study 1."""
+    run_dir = os.path.join(work_dir, "runs", spec.run_id)
+    solver = write_run_files(root, run_dir, recipe, spec, train_source, test_source)
+    log_path = os.path.join(run_dir, "train.log")
+    cmd = train_command(solver, spec.workers)
+    log(f"  {spec.run_id}: {spec.max_iter} iterations of {spec.batch} "
+        f"({spec.workers} worker{'s' if spec.workers > 1 else ''}) ...")
+    rc, wall = run_training(root, cmd, log_path, timeout)
+    res = RunResult(spec=asdict(spec) | {"label": spec.label, "command": _rel_cmd(root, cmd)},
+                    log=log_path, returncode=rc, wall_s=wall)
+    try:
+        res.train, res.test = parse_training_log(log_path)
+    except Exception as e:  # noqa: BLE001 - a broken log is reported, not fatal
+        res.error = f"log not parsed: {e}"
+    finals = [r for r in res.test if int(r.get("NumIters", -1)) == spec.max_iter and "accuracy" in r]
+    if finals:
+        res.final_accuracy = float(finals[-1]["accuracy"])
+        res.final_test_iter = spec.max_iter
+    losses = [r.get("loss") for r in res.train]
+    res.diverged = any(v is not None and not math.isfinite(v) for v in losses) or (
+        res.final_accuracy is not None and res.final_accuracy <= CHANCE + 0.02)
+    if rc != 0 and not res.error:
+        res.error = f"exit {rc}: " + _tail(log_path)
+    acc = "n/a" if res.final_accuracy is None else f"{res.final_accuracy:.4f}"
+    log(f"    top-1 {acc} in {wall:.0f} s" + (f"  [{res.error}]" if res.error else ""))
+    return res
+
+
+def _rel_cmd(root: str, cmd: list[str]) -> str:
+    out = ["python" if c == sys.executable else os.path.relpath(c, root) if os.path.isabs(c) and
+           c.startswith(root) else c for c in cmd]
+    return " ".join(out)
+
+
+def _tail(path: str, n: int = 3) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        return " | ".join(lines[-n:])[-400:]
+    except OSError:
+        return ""

@@ -1,0 +1,176 @@
+"""im2col / col2im (Caffe's im2col.cpp) written against the array module, and the shared workspace.
+
+Caffe lowers a convolution to a GEMM by unrolling every receptive field of one image into a column
+(``im2col``) and folds gradients back with ``col2im``. Here the whole batch is unrolled at once, as
+Chainer's ``utils/conv.py`` does: a Python loop over the kernel offsets only, each step one strided
+copy of every image and channel. The column layout is ``(C, *kernel, N, *out)``, i.e. a
+``(C*K, N*P)`` matrix, so that a convolution is one GEMM for the whole batch and the weight
+gradient is one GEMM too (the batch is part of the contracted dimension). Any number of spatial
+axes is supported (Caffe's N-d im2col); the same slicing code runs on numpy and CuPy.
+
+Padding is never materialised: for each kernel offset only the output positions whose input falls
+inside the image are copied, the rest of the column is zero, exactly Caffe's zero padding.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .backend import get_array_module
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Caffe's convolution output extent: floor((in + 2p - dil*(k-1) - 1) / s) + 1."""
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def deconv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Deconvolution (the transposed convolution): s*(in-1) + dil*(k-1) + 1 - 2p."""
+    return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
+
+
+# -- the shared workspace -------------------------------------------------------------------------
+_WORKSPACE: dict[tuple[int, str], object] = {}
+
+
+def workspace(slot: str, shape: Sequence[int], xp=np, dtype=np.float32):
+    """A C-contiguous scratch array of ``shape`` from a grow-only buffer named ``slot``.
+
+    Caffe keeps one column buffer per layer; layers run one at a time, so a buffer per *purpose*
+    shared by all layers serves as well and costs only the largest request. The contents are
+    undefined on return and stay valid only until the next request for the same slot.
+    """
+    shape = tuple(int(s) for s in shape)
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    dtype = np.dtype(dtype)
+    key = (id(xp), f"{slot}/{dtype.str}")
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.size < size:
+        _WORKSPACE.pop(key, None)
+        buf = xp.empty(max(size, 1), dtype)
+        _WORKSPACE[key] = buf
+    return buf[:size].reshape(shape)
+
+
+def release_workspace() -> None:
+    """Free every scratch buffer (e.g. after a net is destroyed)."""
+    _WORKSPACE.clear()
+
+
+_ONES: dict[tuple[int, int], object] = {}
+
+
+def ones(n: int, xp=np):
+    """A cached float32 vector of ones (Caffe's bias/sum multiplier) of length ``n``."""
+    key = id(xp), n
+    v = _ONES.get(key)
+    if v is None:
+        v = xp.ones(n, np.float32)
+        _ONES[key] = v
+    return v
+
+
+# -- offsets ------------------------------------------------------------------------------------
+def _valid_range(in_size: int, out_size: int, k: int, stride: int, pad: int, dilation: int):
+    """Output positions o with 0 <= o*s - p + k*d < in: the slice of o, and of the input."""
+    off = k * dilation - pad
+    lo = (-off + stride - 1) // stride if off < 0 else 0
+    last = in_size - 1 - off
+    hi = min(out_size, last // stride + 1) if last >= 0 else 0
+    if hi <= lo:
+        return None, None
+    start = lo * stride + off
+    return slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def _offsets(in_shape, out_shape, kernel, stride, pad, dilation):
+    """For every kernel offset: (offset index tuple, out slices, in slices, full coverage?)."""
+    nsp = len(kernel)
+    per_axis = []
+    for a in range(nsp):
+        opts = []
+        for k in range(kernel[a]):
+            o_sl, i_sl = _valid_range(in_shape[a], out_shape[a], k, stride[a], pad[a], dilation[a])
+            opts.append((k, o_sl, i_sl))
+        per_axis.append(opts)
+    result = []
+    for combo in np.ndindex(*kernel):
+        ks, osl, isl = [], [], []
+        for a, k in enumerate(combo):
+            _, o_sl, i_sl = per_axis[a][k]
+            ks.append(k)
+            osl.append(o_sl)
+            isl.append(i_sl)
+        result.append((tuple(ks), osl, isl))
+    return result
+
+
+_OFFSET_CACHE: dict[tuple, list] = {}
+
+
+def _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
+    key = (tuple(in_shape), tuple(out_shape), tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
+    r = _OFFSET_CACHE.get(key)
+    if r is None:
+        r = _offsets(in_shape, out_shape, kernel, stride, pad, dilation)
+        if len(_OFFSET_CACHE) > 512:
+            _OFFSET_CACHE.clear()
+        _OFFSET_CACHE[key] = r
+    return r
+
+
+def _zero_outside(dst, osl, out_shape, lead: int) -> None:
+    """Zero the part of ``dst`` (lead axes, then the spatial out axes) outside the slices ``osl``."""
+    pre = (slice(None),) * lead
+    for a, s in enumerate(osl):
+        if s.start == 0 and s.stop == out_shape[a]:
+            continue
+        inner = tuple(osl[:a])
+        rest = (slice(None),) * (len(osl) - a - 1)
+        if s.start > 0:
+            dst[pre + inner + (slice(0, s.start),) + rest] = 0
+        if s.stop < out_shape[a]:
+            dst[pre + inner + (slice(s.stop, None),) + rest] = 0
+
+
+def im2col(x, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
+           out_shape: Sequence[int], out=None):
+    """Unroll ``x`` (N, C, *spatial) into columns (C, *kernel, N, *out_shape).
+
+    ``out`` may be any (possibly strided) view of that shape, e.g. the Im2col layer's top seen
+    in this order; otherwise a new array is returned.
+    """
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    in_shape = x.shape[2:]
+    if out is None:
+        out = xp.empty((c, *kernel, n, *out_shape), x.dtype)
+    xt = x.swapaxes(0, 1)  # (C, N, *spatial) view: the copies below write column order
+    for ks, osl, isl in _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
+        dst = out[(slice(None),) + ks]  # (C, N, *out)
+        if any(s is None for s in osl):
+            dst[...] = 0
+            continue
+        xp.copyto(dst[(slice(None), slice(None)) + tuple(osl)], xt[(slice(None), slice(None)) + tuple(isl)])
+        _zero_outside(dst, osl, out_shape, 2)
+    return out
+
+
+def col2im(col, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
+           in_shape: Sequence[int], out):
+    """Fold columns (C, *kernel, N, *out) back into ``out`` (N, C, *in_shape), summing overlaps.
+
+    ``out`` is overwritten (Caffe's col2im zeroes the image first)."""
+    xp = get_array_module(col)
+    nsp = len(kernel)
+    out_shape = col.shape[2 + nsp:]
+    out[...] = 0
+    ot = out.swapaxes(0, 1)  # (C, N, *in)
+    for ks, osl, isl in _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
+        if any(s is None for s in osl):
+            continue
+        src = col[(slice(None),) + ks + (slice(None),) + tuple(osl)]
+        dst = ot[(slice(None), slice(None)) + tuple(isl)]
+        xp.add(dst, src, out=dst)
+    return out

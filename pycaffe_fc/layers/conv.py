@@ -1,0 +1,388 @@
+"""Convolution, Deconvolution and Im2col (base_conv_layer.cpp, conv_layer.cpp, deconv_layer.cpp).
+
+A convolution is lowered to GEMMs over the whole batch (see ``pycaffe_fc.im2col``): the columns of
+all images form one ``(C*K, N*P)`` matrix, so the weight gradient is a single GEMM whose contracted
+dimension runs over the batch, and the forward/data-gradient GEMMs are either one per image
+(large outputs: no copies at all) or one for the batch followed by a layout transpose (small
+outputs, where one large GEMM is much faster than N thin ones). 1x1 convolutions with stride 1 and
+no padding need no im2col: the bottom itself is the column matrix.
+
+Deconvolution is the transposed convolution: its forward is a convolution's data gradient and its
+data gradient a convolution's forward, with the weight stored as (C_in, C_out/group, *kernel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CaffeError
+from ..fillers import fill
+from ..im2col import col2im, conv_out_size, deconv_out_size, im2col, ones, workspace
+from .base import Layer, register
+
+#: per-image GEMMs pay off once each image's output has at least this many positions
+PER_IMAGE_MIN_POSITIONS = 512
+
+
+@dataclass
+class ConvGeometry:
+    """Kernel, stride, pad and dilation per spatial axis (BaseConvolutionLayer::LayerSetUp)."""
+
+    channel_axis: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    pad: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    @property
+    def num_spatial_axes(self) -> int:
+        return len(self.kernel)
+
+    @property
+    def is_1x1(self) -> bool:
+        return all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) and not any(self.pad)
+
+    @property
+    def kernel_dim(self) -> int:
+        return int(np.prod(self.kernel))
+
+    def conv_out(self, in_shape) -> tuple[int, ...]:
+        return tuple(conv_out_size(i, k, s, p, d) for i, k, s, p, d in
+                     zip(in_shape, self.kernel, self.stride, self.pad, self.dilation))
+
+    def deconv_out(self, in_shape) -> tuple[int, ...]:
+        return tuple(deconv_out_size(i, k, s, p, d) for i, k, s, p, d in
+                     zip(in_shape, self.kernel, self.stride, self.pad, self.dilation))
+
+
+def parse_geometry(layer_name: str, cp, bottom_shape) -> ConvGeometry:
+    """Read ConvolutionParameter as Caffe does: _h/_w forms for 2-d only, repeated fields given
+    once or once per spatial axis, defaults stride 1, pad 0, dilation 1."""
+    num_axes = len(bottom_shape)
+    if not -num_axes <= cp.axis < num_axes:
+        raise CaffeError(f"layer '{layer_name}': axis {cp.axis} out of range for a {num_axes}-d bottom")
+    channel_axis = cp.axis % num_axes
+    nsp = num_axes - channel_axis - 1
+    if nsp < 0:
+        raise CaffeError(f"layer '{layer_name}': no spatial axes after channel axis {channel_axis}")
+
+    def per_axis(name, values, has_hw, h, w, default):
+        if has_hw:
+            if nsp != 2:
+                raise CaffeError(f"layer '{layer_name}': {name}_h & {name}_w can only be used for 2D convolution")
+            if len(values):
+                raise CaffeError(f"layer '{layer_name}': either {name} or {name}_h/w should be specified; not both")
+            return (int(h), int(w))
+        if len(values) == 0:
+            if default is None:
+                raise CaffeError(f"layer '{layer_name}': kernel_size must be specified")
+            return (default,) * nsp
+        if len(values) not in (1, nsp):
+            raise CaffeError(f"layer '{layer_name}': {name} must be specified once, or once per spatial "
+                             f"dimension ({name} specified {len(values)} times; {nsp} spatial dims)")
+        return tuple(int(values[0 if len(values) == 1 else i]) for i in range(nsp))
+
+    kernel = per_axis("kernel_size", cp.kernel_size, cp.HasField("kernel_h") or cp.HasField("kernel_w"),
+                      cp.kernel_h, cp.kernel_w, None)
+    if (cp.HasField("kernel_h") or cp.HasField("kernel_w")) and not (cp.HasField("kernel_h") and cp.HasField("kernel_w")):
+        raise CaffeError(f"layer '{layer_name}': for non-square filters both kernel_h and kernel_w are required")
+    if any(k <= 0 for k in kernel):
+        raise CaffeError(f"layer '{layer_name}': filter dimensions must be nonzero")
+    stride = per_axis("stride", cp.stride, cp.HasField("stride_h") or cp.HasField("stride_w"),
+                      cp.stride_h, cp.stride_w, 1)
+    if any(s <= 0 for s in stride):
+        raise CaffeError(f"layer '{layer_name}': stride dimensions must be nonzero")
+    pad = per_axis("pad", cp.pad, cp.HasField("pad_h") or cp.HasField("pad_w"), cp.pad_h, cp.pad_w, 0)
+    dilation = per_axis("dilation", cp.dilation, False, 0, 0, 1)
+    return ConvGeometry(channel_axis, kernel, stride, pad, dilation)
+
+
+# -- the GEMM kernels, shared by Convolution and Deconvolution ------------------------------------
+class _ConvGemm:
+    """One convolution's lowering for a fixed geometry and bottom shape.
+
+    ``img`` is the convolution's input image (N, C, *in_sp), ``out`` its output (N, O, *out_sp),
+    ``weight`` (O, C/group, *kernel). The three verbs match Caffe's forward_cpu_gemm,
+    backward_cpu_gemm and weight_cpu_gemm, but for the whole batch at once.
+    """
+
+    def __init__(self, xp, geom: ConvGeometry, num: int, channels: int, in_sp, num_output: int, group: int,
+                 out_sp) -> None:
+        self.xp = xp
+        self.g = geom
+        self.n, self.c, self.o, self.group = num, channels, num_output, group
+        self.in_sp, self.out_sp = tuple(in_sp), tuple(out_sp)
+        self.p = int(np.prod(self.out_sp, dtype=np.int64))
+        self.k = geom.kernel_dim
+        self.cg, self.og = channels // group, num_output // group
+        self.ckg = self.cg * self.k
+        self.per_image = self.p >= PER_IMAGE_MIN_POSITIONS
+        self.is_1x1 = geom.is_1x1
+
+    # column matrix (C*K, N*P) of ``img`` in the 'col' workspace
+    def columns(self, img):
+        col = workspace("col", (self.c * self.k, self.n * self.p), self.xp)
+        if self.is_1x1:
+            self.xp.copyto(col.reshape(self.c, self.n, self.p), img.reshape(self.n, self.c, self.p).swapaxes(0, 1))
+        else:
+            im2col(img, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.out_sp,
+                   out=col.reshape((self.c,) + self.g.kernel + (self.n,) + self.out_sp))
+        return col
+
+    def _w(self, weight):
+        return weight.reshape(self.group, self.og, self.ckg)
+
+    def forward(self, img, weight, out, col=None) -> None:
+        """out = conv(img, weight) (no bias); ``col`` may hold img's columns already."""
+        xp, n, p, G = self.xp, self.n, self.p, self.group
+        w = self._w(weight)
+        out4 = out.reshape(n, G, self.og, p)
+        if self.per_image:
+            if self.is_1x1:
+                cols = img.reshape(n, G, self.cg, p)
+            else:
+                col = self.columns(img) if col is None else col
+                cols = col.reshape(G, self.ckg, n, p).transpose(2, 0, 1, 3)
+            xp.matmul(w, cols, out=out4)
+            return
+        col = self.columns(img) if col is None else col
+        res = workspace("aux", (G, self.og, n * p), xp)
+        xp.matmul(w, col.reshape(G, self.ckg, n * p), out=res)
+        xp.copyto(out4, res.reshape(G, self.og, n, p).transpose(2, 0, 1, 3))
+
+    def transposed_out(self, dout):
+        """dout (N, O, P) as an (O, N*P) matrix in the 'aux' workspace."""
+        dt = workspace("aux", (self.o, self.n * self.p), self.xp)
+        self.xp.copyto(dt.reshape(self.o, self.n, self.p), dout.reshape(self.n, self.o, self.p).swapaxes(0, 1))
+        return dt
+
+    def weight_grad(self, col, dout_t, weight_diff) -> None:
+        """weight_diff += dout_t @ col^T, per group (the batch is contracted inside one GEMM)."""
+        G, npos = self.group, self.n * self.p
+        tmp = workspace("wgrad", (G, self.og, self.ckg), self.xp)
+        self.xp.matmul(dout_t.reshape(G, self.og, npos), col.reshape(G, self.ckg, npos).swapaxes(1, 2), out=tmp)
+        weight_diff += tmp.reshape(weight_diff.shape)
+
+    def data_grad(self, dout, dout_t, weight, img_diff) -> None:
+        """img_diff = conv^T(dout): the GEMM into column space, then col2im (overwrites)."""
+        xp, n, p, G = self.xp, self.n, self.p, self.group
+        wt = self._w(weight).swapaxes(1, 2)  # (G, CgK, Og)
+        if self.per_image and dout is not None:
+            d4 = dout.reshape(n, G, self.og, p)
+            if self.is_1x1:
+                xp.matmul(wt, d4, out=img_diff.reshape(n, G, self.cg, p))
+                return
+            col = workspace("col", (self.c * self.k, n * p), xp)
+            xp.matmul(wt, d4, out=col.reshape(G, self.ckg, n, p).transpose(2, 0, 1, 3))
+        else:
+            if dout_t is None:
+                dout_t = self.transposed_out(dout)
+            col = workspace("col", (self.c * self.k, n * p), xp)
+            xp.matmul(wt, dout_t.reshape(G, self.og, n * p), out=col.reshape(G, self.ckg, n * p))
+            if self.is_1x1:
+                xp.copyto(img_diff.reshape(n, self.c, p), col.reshape(self.c, n, p).swapaxes(0, 1))
+                return
+        col2im(col.reshape((self.c,) + self.g.kernel + (n,) + self.out_sp), self.g.kernel, self.g.stride,
+               self.g.pad, self.g.dilation, self.in_sp, img_diff)
+
+    def bias_grad(self, dout, dout_t, bias_diff) -> None:
+        """bias_diff += the sum of dout over the batch and positions (Caffe: a GEMV with ones)."""
+        if dout_t is not None:
+            bias_diff += dout_t @ ones(dout_t.shape[1], self.xp)
+        else:
+            s = dout.reshape(self.n * self.o, self.p) @ ones(self.p, self.xp)
+            bias_diff += s.reshape(self.n, self.o).sum(axis=0)
+
+
+class BaseConvolutionLayer(Layer):
+    """caffe::BaseConvolutionLayer: geometry, group, bias_term, weight/bias fillers, several
+    bottom/top pairs sharing the same weights."""
+
+    min_bottom = 1
+    min_top = 1
+    equal_num_bottom_top = True
+    reverse_dimensions = False
+
+    def setup(self, bottom, top):
+        cp = self.layer_param.convolution_param
+        self.geom = parse_geometry(self.name, cp, bottom[0].shape)
+        ca = self.geom.channel_axis
+        self.channels = bottom[0].shape[ca]
+        self.num_output = int(cp.num_output)
+        if self.num_output <= 0:
+            raise CaffeError(f"layer '{self.name}': num_output must be positive")
+        self.group = int(cp.group)
+        if self.group <= 0 or self.channels % self.group:
+            raise CaffeError(f"layer '{self.name}': number of input channels {self.channels} is not a multiple "
+                             f"of group {self.group}")
+        if self.num_output % self.group:
+            raise CaffeError(f"layer '{self.name}': number of output should be multiples of group")
+        if self.reverse_dimensions:
+            conv_out, conv_in = self.channels, self.num_output
+        else:
+            conv_out, conv_in = self.num_output, self.channels
+        self.bias_term = bool(cp.bias_term)
+        wshape = (conv_out, conv_in // self.group) + self.geom.kernel
+        if len(self.blobs):
+            if len(self.blobs) != 1 + self.bias_term:
+                raise CaffeError(f"layer '{self.name}': incorrect number of weight blobs")
+            self.check_shape("weight", wshape, self.blobs[0].shape)
+            if self.bias_term:
+                self.check_shape("bias", (self.num_output,), self.blobs[1].shape)
+        else:
+            w = self.blobs.add_blob(*wshape)
+            fill(cp.weight_filler, w)
+            if self.bias_term:
+                b = self.blobs.add_blob(self.num_output)
+                fill(cp.bias_filler, b)
+        self.init_param_propagate_down()
+        self._gemm = None
+
+    def reshape(self, bottom, top):
+        ca = self.geom.channel_axis
+        shape = bottom[0].shape
+        if len(shape) != ca + 1 + self.geom.num_spatial_axes:
+            raise CaffeError(f"layer '{self.name}': bottom num_axes may not change")
+        if shape[ca] != self.channels:
+            raise CaffeError(f"layer '{self.name}': input size incompatible with convolution kernel "
+                             f"({shape[ca]} channels, the weights expect {self.channels})")
+        for b in bottom[1:]:
+            if b.shape != shape:
+                raise CaffeError(f"layer '{self.name}': all bottom blobs must have the same shape "
+                                 f"({list(b.shape)} vs {list(shape)})")
+        num = int(np.prod(shape[:ca], dtype=np.int64))
+        in_sp = shape[ca + 1:]
+        out_sp = self.geom.deconv_out(in_sp) if self.reverse_dimensions else self.geom.conv_out(in_sp)
+        if any(o <= 0 for o in out_sp):
+            raise CaffeError(f"layer '{self.name}': output size {list(out_sp)} is not positive "
+                             f"for input {list(in_sp)}")
+        for t in top:
+            t.reshape(shape[:ca] + (self.num_output,) + tuple(out_sp))
+        self.num, self.in_sp, self.out_sp = num, tuple(in_sp), tuple(out_sp)
+        if self.reverse_dimensions:
+            # the convolution whose transpose this is maps top (num_output) to bottom (channels)
+            self._gemm = _ConvGemm(self.xp, self.geom, num, self.num_output, out_sp, self.channels, self.group,
+                                   in_sp)
+        else:
+            self._gemm = _ConvGemm(self.xp, self.geom, num, self.channels, in_sp, self.num_output, self.group,
+                                   out_sp)
+
+    def _add_bias(self, y) -> None:
+        if self.bias_term:
+            b = self.blobs[1].data
+            y3 = y.reshape(self.num, self.num_output, -1)
+            y3 += b.reshape(1, -1, 1)
+
+
+@register("Convolution")
+class ConvolutionLayer(BaseConvolutionLayer):
+    """ConvolutionLayer: top = W * bottom + b, one GEMM per group over the whole batch."""
+
+    def forward(self, bottom, top):
+        gm = self._gemm
+        for b, t in zip(bottom, top):
+            x = b.data.reshape((self.num, self.channels) + self.in_sp)
+            y = t.data.reshape((self.num, self.num_output) + self.out_sp)
+            gm.forward(x, self.blobs[0].data, y)
+            self._add_bias(y)
+
+    def backward(self, top, propagate_down, bottom):
+        gm = self._gemm
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        for b, t, prop in zip(bottom, top, propagate_down):
+            if not (want_w or want_b or prop):
+                continue
+            x = b.data.reshape((self.num, self.channels) + self.in_sp)
+            dy = t.diff.reshape((self.num, self.num_output) + self.out_sp)
+            dy_t = None
+            if want_w or not gm.per_image:
+                dy_t = gm.transposed_out(dy)
+            if want_b:
+                gm.bias_grad(dy, dy_t, self.blobs[1].diff)
+            if want_w:
+                col = gm.columns(x)
+                gm.weight_grad(col, dy_t, self.blobs[0].diff)
+            if prop:
+                dx = b.diff.reshape((self.num, self.channels) + self.in_sp)
+                gm.data_grad(dy, dy_t, self.blobs[0].data, dx)
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """DeconvolutionLayer: the transpose of Convolution; out = s*(in-1) + dil*(k-1) + 1 - 2p,
+    weight (C_in, num_output/group, *kernel)."""
+
+    reverse_dimensions = True
+
+    def forward(self, bottom, top):
+        gm = self._gemm
+        for b, t in zip(bottom, top):
+            x = b.data.reshape((self.num, self.channels) + self.in_sp)
+            y = t.data.reshape((self.num, self.num_output) + self.out_sp)
+            gm.data_grad(x, None, self.blobs[0].data, y)
+            self._add_bias(y)
+
+    def backward(self, top, propagate_down, bottom):
+        gm = self._gemm
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        for b, t, prop in zip(bottom, top, propagate_down):
+            dy = t.diff.reshape((self.num, self.num_output) + self.out_sp)
+            if want_b:
+                s = dy.reshape(self.num * self.num_output, -1) @ ones(int(np.prod(self.out_sp)), self.xp)
+                self.blobs[1].diff[...] += s.reshape(self.num, self.num_output).sum(axis=0)
+            if want_w:
+                x = b.data.reshape((self.num, self.channels) + self.in_sp)
+                x_t = gm.transposed_out(x)
+                col = gm.columns(dy)
+                gm.weight_grad(col, x_t, self.blobs[0].diff)
+            if prop:
+                dx = b.diff.reshape((self.num, self.channels) + self.in_sp)
+                gm.forward(dy, self.blobs[0].data, dx, col=col if want_w else None)
+
+
+@register("Im2col")
+class Im2colLayer(Layer):
+    """Im2colLayer: top (N, C*prod(kernel), *out) holds each image's columns, Caffe's order
+    (channel-major, then kernel offsets)."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        self.geom = parse_geometry(self.name, self.layer_param.convolution_param, bottom[0].shape)
+
+    def reshape(self, bottom, top):
+        g = self.geom
+        ca = g.channel_axis
+        shape = bottom[0].shape
+        if len(shape) != ca + 1 + g.num_spatial_axes:
+            raise CaffeError(f"layer '{self.name}': bottom num_axes may not change")
+        self.num = int(np.prod(shape[:ca], dtype=np.int64))
+        self.channels = shape[ca]
+        self.in_sp = tuple(shape[ca + 1:])
+        self.out_sp = g.conv_out(self.in_sp)
+        if any(o <= 0 for o in self.out_sp):
+            raise CaffeError(f"layer '{self.name}': output size {list(self.out_sp)} is not positive")
+        top[0].reshape(shape[:ca] + (self.channels * g.kernel_dim,) + self.out_sp)
+
+    def _col_view(self, arr):
+        """``arr`` (the top) seen as (C, *kernel, N, *out)."""
+        g, nsp = self.geom, self.geom.num_spatial_axes
+        v = arr.reshape((self.num, self.channels) + g.kernel + self.out_sp)
+        order = (1,) + tuple(range(2, 2 + nsp)) + (0,) + tuple(range(2 + nsp, 2 + 2 * nsp))
+        return v.transpose(order)
+
+    def forward(self, bottom, top):
+        g = self.geom
+        x = bottom[0].data.reshape((self.num, self.channels) + self.in_sp)
+        im2col(x, g.kernel, g.stride, g.pad, g.dilation, self.out_sp, out=self._col_view(top[0].data))
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        g = self.geom
+        dx = bottom[0].diff.reshape((self.num, self.channels) + self.in_sp)
+        col2im(self._col_view(top[0].diff), g.kernel, g.stride, g.pad, g.dilation, self.in_sp, dx)

@@ -1,0 +1,409 @@
+"""Pooling (MAX, AVE, STOCHASTIC) and SPP (pooling_layer.cpp, spp_layer.cpp).
+
+The window arithmetic is Caffe's: the output extent is rounded up (CEIL, or FLOOR by round_mode),
+and with padding the last window is dropped when it would start inside the padding. MAX windows
+are clipped to the image; AVE divides by the window clipped to the *padded* image (padding counts)
+while summing over the part inside the image; MAX backward routes each gradient to the first
+maximum in the window's row-major scan order.
+
+Everything is vectorised over the batch: a Python loop over the kernel offsets only, each step one
+strided operation on every image and channel (the same offset table as im2col).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CaffeError
+from ..im2col import _cached_offsets
+from ..rng import get_rng
+from .base import TRAIN, Layer, register
+
+MAX, AVE, STOCHASTIC = 0, 1, 2
+CEIL, FLOOR = 0, 1
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: int = CEIL) -> int:
+    """Caffe's pooled extent before the padding clip: ceil (or floor) of (in+2p-k)/s, plus 1."""
+    span = size + 2 * pad - kernel
+    q = -(-span // stride) if round_mode == CEIL else span // stride
+    return q + 1
+
+
+class PoolGeometry:
+    """Kernel, stride and pad of a 2-d pooling window, its output size and offset table."""
+
+    def __init__(self, kernel, stride, pad, in_hw, round_mode: int = CEIL) -> None:
+        self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
+        self.in_hw = tuple(in_hw)
+        out = [pooled_size(i, k, s, p, round_mode) for i, k, s, p in zip(in_hw, kernel, stride, pad)]
+        if pad[0] or pad[1]:
+            # the last window must start strictly inside the image, else it is clipped
+            for a in range(2):
+                if (out[a] - 1) * stride[a] >= in_hw[a] + pad[a]:
+                    out[a] -= 1
+        self.out_hw = tuple(out)
+        self.offsets = _cached_offsets(self.in_hw, self.out_hw, self.kernel, self.stride, self.pad, (1, 1))
+        # output rows/cols whose window has no pixel of the image (only when stride > kernel)
+        covered = [np.zeros(o, bool) for o in self.out_hw]
+        for _, osl, _ in self.offsets:
+            for a in range(2):
+                if osl[a] is not None:
+                    covered[a][osl[a]] = True
+        self.empty = None if all(c.all() for c in covered) else ~np.logical_and.outer(covered[0], covered[1])
+        self.whole_image = self.out_hw == (1, 1) and not any(self.pad) and \
+            self.kernel[0] >= in_hw[0] and self.kernel[1] >= in_hw[1]
+        self.overlapping = any(k > s for k, s in zip(self.kernel, self.stride))
+
+    def ave_divisor(self) -> np.ndarray:
+        """Caffe's AVE pool_size per output: the window clipped to the padded image."""
+        sizes = []
+        for a in range(2):
+            start = np.arange(self.out_hw[a]) * self.stride[a] - self.pad[a]
+            end = np.minimum(start + self.kernel[a], self.in_hw[a] + self.pad[a])
+            sizes.append(end - start)
+        return np.outer(sizes[0], sizes[1]).astype(np.float32)
+
+    def plane_base(self) -> np.ndarray:
+        """Flat in-plane index of each window's (unclipped) top-left corner: hstart*W + wstart."""
+        h0 = np.arange(self.out_hw[0]) * self.stride[0] - self.pad[0]
+        w0 = np.arange(self.out_hw[1]) * self.stride[1] - self.pad[1]
+        return (h0[:, None] * self.in_hw[1] + w0[None, :]).astype(np.int64)
+
+    def offset_table(self) -> np.ndarray:
+        """Flat in-plane displacement i*W + j of kernel offset number k (row-major)."""
+        kh, kw = self.kernel
+        return (np.arange(kh)[:, None] * self.in_hw[1] + np.arange(kw)[None, :]).reshape(-1).astype(np.int64)
+
+
+def _box(osl):
+    return (slice(None), slice(None), osl[0], osl[1])
+
+
+def _view(x, isl):
+    return x[:, :, isl[0], isl[1]]
+
+
+class PoolingKernel:
+    """Forward/backward of one pooling geometry on (N, C, H, W) arrays; keeps the argmax."""
+
+    def __init__(self, xp, method: int, geom: PoolGeometry, shape) -> None:
+        self.xp, self.method, self.g = xp, method, geom
+        self.shape = tuple(shape)
+        self.argmax = None      # MAX: window offset number (uint8/int16) or in-plane index (whole image)
+        self.argmax_is_plane = False
+        self.rand_idx = None    # STOCHASTIC (TRAIN): in-plane index of the sampled pixel
+        self._divisor = None
+
+    # -- MAX --------------------------------------------------------------------------------
+    def _max_forward(self, x, top) -> None:
+        xp, g = self.xp, self.g
+        n, c, h, w = x.shape
+        if g.whole_image:
+            x3 = x.reshape(n, c, h * w)
+            idx = x3.argmax(axis=2)
+            top.reshape(n, c)[...] = xp.take_along_axis(x3, idx[:, :, None], axis=2)[:, :, 0]
+            self.argmax, self.argmax_is_plane = idx, True
+            return
+        top[...] = -FLT_MAX
+        valid = [(k, osl, isl) for k, (_, osl, isl) in enumerate(g.offsets) if osl[0] is not None and osl[1] is not None]
+        for _, osl, isl in valid:
+            t = top[_box(osl)]
+            xp.maximum(t, _view(x, isl), out=t)
+        # the first maximum in scan order: walk the offsets backwards, the earliest equal one wins
+        nk = len(g.offsets)
+        dt = np.uint8 if nk < 256 else (np.int16 if nk < 32768 else np.int32)
+        idx = xp.zeros(top.shape, dt)
+        eq = xp.empty(top.shape, bool)
+        tmp = xp.empty(top.shape, dt)
+        for k, osl, isl in reversed(valid):
+            box = _box(osl)
+            e, ib, tb = eq[box], idx[box], tmp[box]
+            xp.equal(_view(x, isl), top[box], out=e)
+            # idx = e ? k : idx, without a masked copy (slow in numpy): idx -= (idx - k) * e
+            xp.subtract(ib, dt(k), out=tb)
+            xp.multiply(tb, e.view(np.uint8) if dt == np.uint8 else e, out=tb, casting="unsafe")
+            xp.subtract(ib, tb, out=ib)
+        self.argmax, self.argmax_is_plane = idx, False
+
+    def plane_index(self):
+        """The argmax as Caffe's mask: h*W + w inside the unpadded plane (-1 for empty windows)."""
+        xp, g = self.xp, self.g
+        if self.argmax_is_plane:
+            return self.argmax.reshape(self.argmax.shape + (1, 1))
+        base = xp.asarray(g.plane_base())
+        table = xp.asarray(g.offset_table())
+        plane = base + xp.take(table, self.argmax.astype(np.intp))
+        if g.empty is not None:
+            plane[..., xp.asarray(g.empty)] = -1
+        return plane
+
+    def _route(self, plane, dtop, dbottom) -> None:
+        """dbottom = the sum of dtop over the outputs whose (flat) source is each pixel."""
+        xp = self.xp
+        n, c, h, w = self.shape
+        nc = xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
+        flat = plane.reshape(n, c, *plane.shape[2:]) + nc
+        d = dtop
+        if self.g.empty is not None and not self.argmax_is_plane:
+            keep = ~xp.asarray(self.g.empty)
+            flat, d = flat[..., keep], dtop[..., keep]
+        flat, d = flat.reshape(-1), d.reshape(-1)
+        if not self.g.overlapping or self.argmax_is_plane:
+            # each pixel belongs to at most one window: a plain scatter
+            dbottom[...] = 0
+            dbottom.reshape(-1)[flat] = d
+        else:
+            dbottom.reshape(-1)[...] = xp.bincount(flat, weights=d, minlength=dbottom.size)
+
+    # -- AVE --------------------------------------------------------------------------------
+    def divisor(self):
+        if self._divisor is None:
+            self._divisor = self.xp.asarray(self.g.ave_divisor())
+        return self._divisor
+
+    def _ave_forward(self, x, top) -> None:
+        xp, g = self.xp, self.g
+        n, c, h, w = x.shape
+        if g.whole_image:
+            s = x.reshape(n, c, h * w).sum(axis=2)
+            xp.divide(s, np.float32(h * w), out=top.reshape(n, c))
+            return
+        top[...] = 0
+        for _, osl, isl in g.offsets:
+            if osl[0] is None or osl[1] is None:
+                continue
+            t = top[_box(osl)]
+            xp.add(t, _view(x, isl), out=t)
+        top /= self.divisor()
+
+    def _ave_backward(self, dtop, dbottom) -> None:
+        xp, g = self.xp, self.g
+        n, c, h, w = dbottom.shape
+        if g.whole_image:
+            dbottom.reshape(n, c, h * w)[...] = (dtop.reshape(n, c) / np.float32(h * w))[:, :, None]
+            return
+        d = dtop / self.divisor()
+        dbottom[...] = 0
+        for _, osl, isl in g.offsets:
+            if osl[0] is None or osl[1] is None:
+                continue
+            b = _view(dbottom, isl)
+            xp.add(b, d[_box(osl)], out=b)
+
+    # -- STOCHASTIC (Caffe has it on the GPU only; same sampling rule here) -------------------
+    def _windows(self, x):
+        for k, (_, osl, isl) in enumerate(self.g.offsets):
+            if osl[0] is not None and osl[1] is not None:
+                yield k, _box(osl), _view(x, isl)
+
+    def _sto_forward_train(self, x, top) -> None:
+        xp = self.xp
+        total = xp.zeros(top.shape, np.float32)
+        for _, box, v in self._windows(x):
+            t = total[box]
+            xp.add(t, v, out=t)
+        u = xp.asarray(get_rng().random(top.shape, dtype=np.float32))
+        thres = u * total
+        cum = xp.zeros(top.shape, np.float32)
+        found = xp.zeros(top.shape, bool)
+        idx = xp.zeros(top.shape, np.int64)
+        top[...] = 0
+        for k, box, v in self._windows(x):
+            cb = cum[box]
+            xp.add(cb, v, out=cb)
+            new = (cb >= thres[box]) & ~found[box]
+            top[box] += xp.where(new, v, 0)
+            idx[box] += new * k
+            found[box] |= new
+        self.argmax, self.argmax_is_plane = idx, False
+        self.rand_idx = self.plane_index()
+
+    def _sto_forward_test(self, x, top) -> None:
+        xp = self.xp
+        cumsum = xp.full(top.shape, np.finfo(np.float32).tiny, np.float32)
+        cumval = xp.zeros(top.shape, np.float32)
+        for _, box, v in self._windows(x):
+            cumsum[box] += v
+            cumval[box] += v * v
+        xp.divide(cumval, cumsum, out=top)
+
+    # -- the verbs ----------------------------------------------------------------------------
+    def forward(self, x, top, phase: int) -> None:
+        if self.method == MAX:
+            self._max_forward(x, top)
+        elif self.method == AVE:
+            self._ave_forward(x, top)
+        elif phase == TRAIN:
+            self._sto_forward_train(x, top)
+        else:
+            self._sto_forward_test(x, top)
+
+    def backward(self, dtop, dbottom) -> None:
+        if self.method == MAX:
+            self._route(self.plane_index(), dtop, dbottom)
+        elif self.method == AVE:
+            self._ave_backward(dtop, dbottom)
+        else:
+            if self.rand_idx is None:
+                raise CaffeError("stochastic pooling backward needs a TRAIN-phase forward first")
+            self._route(self.rand_idx, dtop, dbottom)
+
+
+def _pool_param_geometry(name: str, pp, bottom_shape):
+    """PoolingLayer::LayerSetUp's checks; returns (kernel, stride, pad)."""
+    has_k = pp.HasField("kernel_size")
+    has_kh, has_kw = pp.HasField("kernel_h"), pp.HasField("kernel_w")
+    if pp.global_pooling:
+        if has_k or has_kh or has_kw:
+            raise CaffeError(f"layer '{name}': with global_pooling: true filter size cannot be specified")
+    else:
+        if has_k == (has_kh and has_kw):
+            raise CaffeError(f"layer '{name}': filter size is kernel_size OR kernel_h and kernel_w; not both")
+        if not has_k and not (has_kh and has_kw):
+            raise CaffeError(f"layer '{name}': for non-square filters both kernel_h and kernel_w are required")
+    has_p, has_ph, has_pw = pp.HasField("pad"), pp.HasField("pad_h"), pp.HasField("pad_w")
+    if not ((not has_p and has_ph and has_pw) or (not has_ph and not has_pw)):
+        raise CaffeError(f"layer '{name}': pad is pad OR pad_h and pad_w are required")
+    has_s, has_sh, has_sw = pp.HasField("stride"), pp.HasField("stride_h"), pp.HasField("stride_w")
+    if not ((not has_s and has_sh and has_sw) or (not has_sh and not has_sw)):
+        raise CaffeError(f"layer '{name}': stride is stride OR stride_h and stride_w are required")
+    if pp.global_pooling:
+        kernel = (bottom_shape[2], bottom_shape[3]) if len(bottom_shape) == 4 else (0, 0)
+    elif has_k:
+        kernel = (pp.kernel_size, pp.kernel_size)
+    else:
+        kernel = (pp.kernel_h, pp.kernel_w)
+    if pp.global_pooling is False and (kernel[0] <= 0 or kernel[1] <= 0):
+        raise CaffeError(f"layer '{name}': filter dimensions must be greater than zero")
+    pad = (pp.pad_h, pp.pad_w) if has_ph else (pp.pad, pp.pad)
+    stride = (pp.stride_h, pp.stride_w) if has_sh else (pp.stride, pp.stride)
+    if stride[0] <= 0 or stride[1] <= 0:
+        raise CaffeError(f"layer '{name}': stride must be positive")
+    if pp.global_pooling and (pad != (0, 0) or stride != (1, 1)):
+        raise CaffeError(f"layer '{name}': with global_pooling: true; only pad = 0 and stride = 1")
+    if pad[0] or pad[1]:
+        if pp.pool not in (MAX, AVE):
+            raise CaffeError(f"layer '{name}': padding implemented only for average and max pooling")
+        if not pp.global_pooling and (pad[0] >= kernel[0] or pad[1] >= kernel[1]):
+            raise CaffeError(f"layer '{name}': pad must be smaller than the kernel")
+    return kernel, stride, pad
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    """PoolingLayer: MAX (with the optional argmax mask top), AVE, STOCHASTIC; global_pooling."""
+
+    exact_num_bottom = 1
+    min_top = 1
+    max_top = 2
+
+    def setup(self, bottom, top):
+        pp = self.layer_param.pooling_param
+        self.method = pp.pool
+        if len(top) > 1 and self.method != MAX:
+            raise CaffeError(f"layer '{self.name}' (Pooling) takes at most 1 top blob(s) unless pool is MAX")
+        self.kernel, self.stride, self.pad = _pool_param_geometry(self.name, pp, bottom[0].shape)
+        self.global_pooling = pp.global_pooling
+        self.round_mode = pp.round_mode
+        self.kernel_fn = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise CaffeError(f"layer '{self.name}': input must have 4 axes, corresponding to "
+                             f"(num, channels, height, width); got {list(shape)}")
+        kernel = shape[2:] if self.global_pooling else self.kernel
+        if self.kernel_fn is None or self.kernel_fn.shape != shape or self.kernel_fn.g.kernel != tuple(kernel):
+            geom = PoolGeometry(kernel, self.stride, self.pad, shape[2:], self.round_mode)
+            self.kernel_fn = PoolingKernel(self.xp, self.method, geom, shape)
+        oh, ow = self.kernel_fn.g.out_hw
+        for t in top:
+            t.reshape((shape[0], shape[1], oh, ow))
+
+    def forward(self, bottom, top):
+        self.kernel_fn.forward(bottom[0].data, top[0].data, self.phase)
+        if len(top) > 1:
+            top[1].data[...] = self.kernel_fn.plane_index()
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self.kernel_fn.backward(top[0].diff, bottom[0].diff)
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """SPPLayer: pyramid_height levels of pooling, level i with 2^i bins per side (kernel
+    ceil(H/bins), pad (kernel*bins - H + 1)/2, stride = kernel), flattened and concatenated."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        sp = self.layer_param.spp_param
+        self.height = int(sp.pyramid_height)
+        if self.height < 1:
+            raise CaffeError(f"layer '{self.name}': pyramid_height must be at least 1")
+        self.method = sp.pool
+        self.levels: list[PoolingKernel] = []
+        self.shape = None
+
+    @staticmethod
+    def level_geometry(level: int, h: int, w: int):
+        bins = 2 ** level
+        kh, kw = -(-h // bins), -(-w // bins)
+        ph, pw = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        return (kh, kw), (kh, kw), (ph, pw)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise CaffeError(f"layer '{self.name}': input must have 4 axes, corresponding to "
+                             f"(num, channels, height, width)")
+        n, c, h, w = shape
+        if shape != self.shape:
+            self.levels = []
+            for i in range(self.height):
+                kernel, stride, pad = self.level_geometry(i, h, w)
+                if (pad[0] or pad[1]) and self.method not in (MAX, AVE):
+                    raise CaffeError(f"layer '{self.name}': padding implemented only for average and max pooling")
+                if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+                    # Caffe's inner PoolingLayer checks pad < kernel and aborts
+                    raise CaffeError(f"layer '{self.name}': pyramid level {i} of a {h}x{w} input needs pad "
+                                     f"{list(pad)} >= kernel {list(kernel)}")
+                self.levels.append(PoolingKernel(self.xp, self.method, PoolGeometry(kernel, stride, pad, (h, w)), shape))
+            self.shape = shape
+        if self.height == 1:
+            # Caffe: a single pooling layer writes the top directly, shape (N, C, oh, ow)
+            top[0].reshape((n, c) + self.levels[0].g.out_hw)
+        else:
+            sizes = [c * int(np.prod(k.g.out_hw)) for k in self.levels]
+            self.splits = np.cumsum([0] + sizes)
+            top[0].reshape((n, int(self.splits[-1])))
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        n, c = x.shape[:2]
+        if self.height == 1:
+            self.levels[0].forward(x, top[0].data, self.phase)
+            return
+        t = top[0].data
+        for i, k in enumerate(self.levels):
+            out = self.xp.empty((n, c) + k.g.out_hw, np.float32)
+            k.forward(x, out, self.phase)
+            t[:, self.splits[i]:self.splits[i + 1]] = out.reshape(n, -1)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        db = bottom[0].diff
+        n, c = db.shape[:2]
+        if self.height == 1:
+            self.levels[0].backward(top[0].diff, db)
+            return
+        tmp = self.xp.empty_like(db)
+        for i, k in enumerate(self.levels):
+            d = top[0].diff[:, self.splits[i]:self.splits[i + 1]].reshape((n, c) + k.g.out_hw)
+            k.backward(self.xp.ascontiguousarray(d), db if i == 0 else tmp)
+            if i:
+                db += tmp
