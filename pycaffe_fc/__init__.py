@@ -14,6 +14,13 @@ from .errors import CaffeError  # noqa: F401
 from .layers.base import TEST, TRAIN, Layer, layer_type_list  # noqa: F401
 from .net import Net  # noqa: F401
 from .rng import set_random_seed  # noqa: F401
+from . import net_spec as _net_spec
+from .pycaffe_extras import install as _install_extras
+
+# pycaffe's ``caffe.layers`` is NetSpec's layer factory; our layer implementations stay importable
+# as the ``pycaffe_fc.layers`` subpackage (the factory forwards lower-case module names to it).
+layers = _net_spec.layers
+_install_extras(Net)
 
 __version__ = "0.1.0"
 
@@ -23,7 +30,6 @@ _LAZY = {
     "io": ("pycaffe_fc.io", None),
     "draw": ("pycaffe_fc.draw", None),
     "NetSpec": ("pycaffe_fc.net_spec", "NetSpec"),
-    "layers": ("pycaffe_fc.net_spec", "layers"),
     "params": ("pycaffe_fc.net_spec", "params"),
     "to_proto": ("pycaffe_fc.net_spec", "to_proto"),
     "Classifier": ("pycaffe_fc.classifier", "Classifier"),

@@ -71,7 +71,7 @@ for mode, overlap, iter_size in cases:
         w0, w1 = reference[iter_size]
         rel = float(np.linalg.norm(w - w1) / np.linalg.norm(w1))
         upd = float(np.linalg.norm((w - w0) - (w1 - w0)) / np.linalg.norm(w1 - w0))
-        ok = rel < 1e-5 and upd < 1e-3
+        ok = rel < 1e-5 and upd < 1e-5
         failed |= not ok
         print(f"CASE {mode} overlap={int(overlap)} iter_size={iter_size} buckets={len(gs.buffer.buckets)} "
               f"rel={rel:.3g} upd={upd:.3g} {'ok' if ok else 'BAD'}", flush=True)

@@ -105,7 +105,6 @@ def convert_imageset(root_folder: str, list_file: str, db_name: str, *, resize_h
             chunk = max(1, min(64, len(tasks) // (processes * 8)))
             results = pool.imap(_convert_one, tasks, chunksize=chunk)
         else:
-            _worker_init()
             results = map(_convert_one, tasks)
         with LMDBWriter(db_name) as db:
             for line_id, ((name, _), value) in enumerate(zip(lines, results)):

@@ -255,11 +255,12 @@ class GradientSync:
 
     def __init__(self, solver, world: World, mode: str = "tree", overlap: bool = False,
                  segment_bytes: int | None = None, bucket_bytes: int | None = None,
-                 check_sync: int = 0) -> None:
+                 check_sync: int = 0, allreduce: Allreduce | None = None) -> None:
         self.solver = solver
         self.world = world
         self.mode = mode
-        self.allreduce = make_allreduce(world.comm, mode, segment_bytes)
+        injected = allreduce is not None
+        self.allreduce = allreduce if injected else make_allreduce(world.comm, mode, segment_bytes)
         if bucket_bytes is None:
             bucket_bytes = DEFAULT_BUCKET_BYTES if overlap else 1 << 62
         self.buffer = GradientBuffer(solver.net, bucket_bytes)
@@ -268,13 +269,11 @@ class GradientSync:
         self.stats = SyncStats()
         self.overlap = bool(overlap) and world.size > 1
         self._thread: _CommThread | None = None
+        if self.overlap and not injected and mpi().Query_thread() < mpi().THREAD_SERIALIZED:
+            self.overlap = False       # this MPI library cannot be driven from a second thread
         if self.overlap:
-            MPI = mpi()
-            if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
-                self.overlap = False   # the MPI library cannot be driven from a second thread
-            else:
-                self._thread = _CommThread(self.allreduce)
-                solver.net.set_after_backward(self._after_backward)
+            self._thread = _CommThread(self.allreduce)
+            solver.net.set_after_backward(self._after_backward)
         self._reset_step()
 
     # Solver::Callback -----------------------------------------------------------------

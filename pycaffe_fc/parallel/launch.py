@@ -87,6 +87,10 @@ def self_launch(args: argparse.Namespace, workers: int, timeout: float | None = 
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # N ranks on one node: one BLAS thread pool each of cores/N threads, not N pools of all cores.
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
     _root_log(f"Starting {workers} data-parallel workers: {' '.join(cmd)}")
     proc = subprocess.Popen(cmd, env=env)
     start = time.monotonic()
@@ -172,8 +176,11 @@ def _train_rank(args: argparse.Namespace, world: pcomm.World, workers: int, devi
     agreed = _AgreedAction(world)
 
     def setup(solver) -> None:
-        pcomm.check_same_everywhere(world, pcomm.digest_messages(solver.param, solver.net.param),
-                                    "the solver and net definitions (hash of the parsed solver + net)")
+        flags = f"sync={args.sync} segment={getattr(args, 'segment_bytes', None)} " \
+                f"overlap={bool(getattr(args, 'overlap', False))} check={getattr(args, 'check_sync', 0)} " \
+                f"split={split_batch}"
+        pcomm.check_same_everywhere(world, pcomm.digest_messages(solver.param, solver.net.param, flags.encode()),
+                                    "the solver, net and data-parallel flags (hash of the parsed solver + net)")
         broadcast_weights(world, solver.net)
         gs = GradientSync(solver, world, mode=args.sync, overlap=bool(getattr(args, "overlap", False)),
                           segment_bytes=getattr(args, "segment_bytes", None),
