@@ -53,7 +53,10 @@ def make_images(folder: str, n: int, seed: int = 0, min_side: int = 160, max_sid
 
 def run(folder: str, list_file: str, processes: int, size: int) -> float:
     """Seconds to convert every image with ``processes`` workers."""
+    import cv2
+
     from pycaffe_fc.data.convert import convert_imageset
+    cv2.setNumThreads(1)  # as in the pool's workers: one OpenCV thread per process
     db = os.path.join(folder, f"db_p{processes}_{time.time_ns()}")
     t0 = time.perf_counter()
     convert_imageset(folder + "/", list_file, db, resize_height=size, resize_width=size,

@@ -12,6 +12,7 @@ import pycaffe_fc as caffe
 from conftest import REF, need_shared
 
 NETS = ["lenet", "cifar10_quick"]
+pytestmark = pytest.mark.skipif(not REF.exists(), reason="../shared/caffe-reference is not present")
 
 
 def _rel_l2(a, b) -> float:

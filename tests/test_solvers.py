@@ -346,3 +346,25 @@ def test_bvlc_caffe_sgd_trajectory(tmp_path, monkeypatch, capsys):
             # off Caffe's result by a few percent of how far Caffe's training moved the weights
             assert np.linalg.norm(a.data - b.data) < 0.1 * np.linalg.norm(b.data - c.data), name
     assert (tmp_path / "sgd_iter_50.solverstate").exists()
+
+
+def test_pycaffe_surface(tmp_path):
+    import pycaffe_fc as caffe
+    f = tmp_path / "solver.prototxt"
+    f.write_text(sf.solver_text(type="Nesterov", momentum=0.9))
+    assert type(caffe.get_solver(str(f))) is caffe.NesterovSolver
+    s = caffe.SGDSolver(str(f))
+    assert isinstance(s, caffe.SGDSolver) and s.iter == 0 and s.test_nets == []
+    s.step(2)
+    assert s.iter == 2 and "loss" in s.net.blobs
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    from pycaffe_fc.solvers import log
+    run(3, display=2)
+    assert "/3 [" not in capsys.readouterr().err
+    monkeypatch.setattr(log, "_isatty", lambda: True)
+    run(3, display=2)
+    err = capsys.readouterr().err
+    assert "/3 [" in err and "Iteration 2 (" in err  # the bar and the log lines both shown
+    assert log._bar is None  # closed after the step

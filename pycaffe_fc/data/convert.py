@@ -59,7 +59,7 @@ def _convert_one(args: tuple[_ImageJob, str, int]) -> bytes | None:
 
 def read_image_list(path: str) -> list[tuple[str, int]]:
     """convert_imageset's list file: "relative/path label" lines; the label follows the last space."""
-    from ..layers.data import read_list_file
+    from .stream import read_list_file
     return read_list_file(path, "convert_imageset")
 
 

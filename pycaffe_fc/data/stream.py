@@ -6,7 +6,11 @@ is loaded. ``take(n)`` returns the next n record indices of that endless sequenc
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+from ..errors import CaffeError
 
 
 class IndexStream:
@@ -70,3 +74,23 @@ class FileRowStream:
         if not files:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(files), np.concatenate(rows)
+
+
+_ATOI = re.compile(r"\s*([+-]?\d+)")
+
+
+def read_list_file(path: str, what: str) -> list[tuple[str, int]]:
+    """The (file name, label) lines of a Caffe list file: name up to the last space, atoi label."""
+    try:
+        with open(path, "r", encoding="utf-8", newline=None) as f:
+            text = f.read()
+    except OSError as e:
+        raise CaffeError(f"{what}: cannot open list file '{path}' ({e.strerror})") from None
+    lines = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        pos = line.rfind(" ")
+        m = _ATOI.match(line[pos + 1:])
+        lines.append((line[:pos] if pos >= 0 else line, int(m.group(1)) if m else 0))
+    return lines

@@ -8,8 +8,6 @@ take the shape of the first record at setup and of each batch's first record at 
 """
 from __future__ import annotations
 
-import os
-import re
 import weakref
 
 import numpy as np
@@ -18,7 +16,7 @@ from ..data import db as dbmod
 from ..data.datum import datum_pixels, read_image
 from ..data.prefetch import Prefetcher, map_decode
 from ..data.sharding import plan_batch, shuffle_seed
-from ..data.stream import FileRowStream, IndexStream
+from ..data.stream import FileRowStream, IndexStream, read_list_file
 from ..data.transformer import DataTransformer
 from ..errors import CaffeError
 from ..proto import caffe_pb2
@@ -150,26 +148,6 @@ class DataLayer(BasePrefetchingDataLayer):
 
 
 # -- ImageData -------------------------------------------------------------------------------------
-_ATOI = re.compile(r"\s*([+-]?\d+)")
-
-
-def read_list_file(path: str, what: str) -> list[tuple[str, int]]:
-    """The (file name, label) lines of a Caffe list file: name up to the last space, atoi label."""
-    try:
-        with open(path, "r", encoding="utf-8", newline=None) as f:
-            text = f.read()
-    except OSError as e:
-        raise CaffeError(f"{what}: cannot open list file '{path}' ({e.strerror})") from None
-    lines = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        pos = line.rfind(" ")
-        m = _ATOI.match(line[pos + 1:])
-        lines.append((line[:pos] if pos >= 0 else line, int(m.group(1)) if m else 0))
-    return lines
-
-
 class _ImageLoader:
     def __init__(self, lines, root, new_h, new_w, is_color, stream: IndexStream, plan,
                  transformer: DataTransformer, what: str) -> None:

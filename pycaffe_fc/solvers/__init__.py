@@ -3,6 +3,12 @@
 ``caffe.get_solver(path)`` builds the solver named by the file's ``type`` (or legacy
 ``solver_type``); ``caffe.SGDSolver(path)`` and friends build one rule directly (as pycaffe).
 ``train(...)`` is ``caffe train`` for one process, reused by data-parallel training.
+
+fc-caffe extension: the SolverParameter fields ``warmup_iter`` and ``warmup_start_lr_ratio``
+(numbers 1000 and 1001; BVLC Caffe's caffe.proto does not have them, so a solver file using them is
+fc-caffe only) give a
+linear learning-rate warm-up from ``base_lr * warmup_start_lr_ratio`` to the policy's rate over
+the first ``warmup_iter`` iterations (see lr_policy.py).
 """
 from __future__ import annotations
 

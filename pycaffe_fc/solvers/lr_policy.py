@@ -25,11 +25,12 @@ POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 f32 = np.float32
 
 
-def learning_rate(param, iteration: int, current_step: int = 0) -> tuple[float, int]:
+def learning_rate(param, iteration: int, current_step: int = 0, verbose: bool = False) -> tuple[float, int]:
     """The rate of update number ``iteration`` and the new ``current_step``.
 
     ``current_step`` is Caffe's ``current_step_``: "step" recomputes it, "multistep" advances it by
     at most one per call (and it is saved in the .solverstate), the rest leave it alone.
+    ``verbose`` logs multistep's "MultiStep Status" line as Caffe does.
     """
     policy = param.lr_policy
     base_lr = f32(param.base_lr)
@@ -55,8 +56,9 @@ def learning_rate(param, iteration: int, current_step: int = 0) -> tuple[float, 
     elif policy == "multistep":
         if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
             current_step += 1
-            from .log import info
-            info(f"MultiStep Status: Iteration {it}, step = {current_step}", "sgd_solver.cpp:62")
+            if verbose:
+                from .log import info
+                info(f"MultiStep Status: Iteration {it}, step = {current_step}", "sgd_solver.cpp:62")
         rate = float(base_lr) * math.pow(float(gamma), current_step)
     elif policy == "poly":
         if param.max_iter <= 0:

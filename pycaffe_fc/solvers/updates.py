@@ -45,7 +45,7 @@ class SGDSolver(Solver):
     # -- SGDSolver::ApplyUpdate ---------------------------------------------------------------
     def get_learning_rate(self) -> float:
         """SGDSolver::GetLearningRate (updates ``current_step``)."""
-        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step, verbose=self.is_root)
         return rate
 
     def apply_update(self) -> None:
@@ -74,8 +74,9 @@ class SGDSolver(Solver):
         l2 = f32(math.sqrt(float(sumsq)))
         if l2 > clip:
             scale = f32(clip / l2)
-            info(f"Gradient clipping: scaling down gradients (L2 norm {fmt(l2)} > {fmt(clip)}) by scale "
-                 f"factor {fmt(scale)}", "sgd_solver.cpp:99")
+            if self.is_root:
+                info(f"Gradient clipping: scaling down gradients (L2 norm {fmt(l2)} > {fmt(clip)}) by scale "
+                     f"factor {fmt(scale)}", "sgd_solver.cpp:99")
             for b in params:
                 b.diff[...] *= scale
 
