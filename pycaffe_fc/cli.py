@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fc-caffe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fc-caffe", description="Caffe's command-line tool and data tools, with FireCaffe's data-parallel training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except CaffeError as e:
         print(f"fc-caffe {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a path the user gave that cannot be read or written
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"fc-caffe {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fc-caffe {args.command}: interrupted", file=sys.stderr)

@@ -58,19 +58,6 @@ def release_workspace() -> None:
     _WORKSPACE.clear()
 
 
-_ONES: dict[tuple[int, int], object] = {}
-
-
-def ones(n: int, xp=np):
-    """A cached float32 vector of ones (Caffe's bias/sum multiplier) of length ``n``."""
-    key = id(xp), n
-    v = _ONES.get(key)
-    if v is None:
-        v = xp.ones(n, np.float32)
-        _ONES[key] = v
-    return v
-
-
 # -- offsets ------------------------------------------------------------------------------------
 def _valid_range(in_size: int, out_size: int, k: int, stride: int, pad: int, dilation: int):
     """Output positions o with 0 <= o*s - p + k*d < in: the slice of o, and of the input."""

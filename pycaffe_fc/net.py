@@ -500,6 +500,8 @@ class Net:
             raise CaffeError(f"{source}: layer '{name}': incompatible number of blobs "
                              f"({len(arrays)} in the file, {len(layer.blobs)} in the net)")
         for j, (arr, blob) in enumerate(zip(arrays, layer.blobs)):
+            if arr is None:
+                continue  # HDF5 weights leave out a parameter shared from another layer
             if tuple(arr.shape) != blob.shape:
                 # Caffe accepts legacy 4-d shapes that match once leading 1s are dropped.
                 if arr.size == blob.count and _squeeze_lead(arr.shape) == _squeeze_lead(blob.shape):

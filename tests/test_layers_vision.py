@@ -134,12 +134,6 @@ CONV_CASES = {
 }
 
 
-def _conv_params(p):
-    def rep(v):
-        return v if isinstance(v, tuple) else None
-    return p
-
-
 @pytest.mark.parametrize("per_image", [False, True], ids=["batch_gemm", "per_image_gemm"])
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_convolution_forward_and_gradient(case, per_image, monkeypatch):
@@ -184,6 +178,26 @@ def test_deconvolution_is_the_transpose_and_gradient(p, per_image, monkeypatch):
     lhs = float(((top[0].data - bias) * y).sum())
     assert np.isclose(lhs, float((x * conv_y).sum()), rtol=1e-4)
     check_gradient(text, [x], max_checks=40)
+
+
+def test_deconvolution_nd_and_dilation_gradient():
+    check_gradient(conv_text("Deconvolution", num_output=2, kernel_size=2, stride=2, pad=1), [randn(1, 2, 3, 2, 3)],
+                   max_checks=30)
+    text = conv_text("Deconvolution", num_output=2, kernel_size=3, stride=2, dilation=2)
+    layer = check_gradient(text, [randn(2, 2, 3, 3)], max_checks=30)
+    assert layer.out_sp == (2 * 2 + 2 * 2 + 1,) * 2
+
+
+def test_convolution_channel_axis():
+    """axis: 2 treats the leading two axes as the batch (Caffe's num_ = count(0, channel_axis))."""
+    text = conv_text(num_output=3, kernel_size=2, axis=2)
+    x = randn(2, 2, 3, 4, 4)
+    layer, bottom, top = setup_layer(text, [x])
+    layer.Forward(bottom, top)
+    assert top[0].shape == (2, 2, 3, 3, 3)
+    ref = naive_conv(x.reshape(4, 3, 4, 4), layer.blobs[0].data, layer.blobs[1].data, (1, 1), (0, 0), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data.reshape(ref.shape), ref, rtol=1e-4, atol=1e-5)
+    check_gradient(text, [x], max_checks=30)
 
 
 def test_convolution_two_bottoms_share_weights_and_accumulate():

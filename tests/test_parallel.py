@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec"
 
 def _env(**extra) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    paths = [str(ROOT), extra.pop("PYTHONPATH", ""), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     # one BLAS thread per rank: several ranks share the test machine's cores
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
@@ -167,12 +168,12 @@ def test_cli_self_launch_equals_single_worker(lenet, single_run):
     assert _rel(_weights(lenet / "snap" / "lenet_iter_4.caffemodel"), _weights(single_run)) < 1e-5
 
 
-def test_resume_multi_worker_from_snapshot(lenet, single_run, tmp_path):
+def test_resume_multi_worker_from_snapshot(lenet, tmp_path):
     """Two ranks snapshot at iteration 2; a fresh two-rank job resumed from it (every rank
-    restores the same state) ends where the uninterrupted run ends."""
+    restores the same state) ends where a one-worker job resumed from it ends. (As in Caffe, a
+    resumed run's data layers start again from the first record.)"""
     d = tmp_path
-    for name in ("fmnist640_train_lmdb",):
-        os.symlink(lenet / name, d / name)
+    os.symlink(lenet / "fmnist640_train_lmdb", d / "fmnist640_train_lmdb")
     shutil.copy(lenet / "lenet_train.prototxt", d)
     (d / "snap").mkdir()
     (d / "s2.prototxt").write_text(SOLVER.format(net="lenet_train.prototxt", max_iter=2, snapshot=0))
@@ -180,11 +181,16 @@ def test_resume_multi_worker_from_snapshot(lenet, single_run, tmp_path):
     r = fc_train(d, "--solver", "s2.prototxt", "--weights", lenet / "lenet_init.caffemodel", "--gpus", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (d / "snap" / "lenet_iter_2.solverstate").exists()
+    r = fc_train(d, "--solver", "s4.prototxt", "--snapshot", "snap/lenet_iter_2.solverstate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.move(d / "snap" / "lenet_iter_4.caffemodel", d / "one_worker_iter_4.caffemodel")
     r = fc_train(d, "--solver", "s4.prototxt", "--snapshot", "snap/lenet_iter_2.solverstate", "--gpus", "2",
                  "--sync", "ps", "--check-sync", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Resuming from snap/lenet_iter_2.solverstate" in r.stderr
-    assert _rel(_weights(d / "snap" / "lenet_iter_4.caffemodel"), _weights(single_run)) < 1e-5
+    w2 = _weights(d / "snap" / "lenet_iter_2.caffemodel")
+    w4, ref = _weights(d / "snap" / "lenet_iter_4.caffemodel"), _weights(d / "one_worker_iter_4.caffemodel")
+    assert _rel(w4, ref) < 1e-5 and _rel(w4 - w2, ref - w2) < 1e-4
 
 
 def test_batch_not_divisible_is_a_clear_error(lenet):
@@ -320,11 +326,14 @@ def test_gradient_buffer_layout_backward_order(tmp_path):
     from pycaffe_fc.parallel.allreduce import GradientBuffer
     net = _tiny_net(tmp_path)
     gb = GradientBuffer(net, bucket_bytes=1)          # one parameter per bucket
-    names = {id(b): n for n, bl in net.params.items() for b in bl}
+    names: dict = {}
+    for n, bl in net.params.items():
+        for b in bl:
+            names.setdefault(id(b), n)                  # a shared blob is named by its owner
     order = [names[id(net.learnable_params[i])] for i in gb.order]
     # shared2 (ip3, ip4) is complete only after ip3's backward: after ip4's; last layer first
     assert order == ["ip3", "ip2", "ip2", "ip1"]
-    assert [b.ready_layer for b in gb.buckets] == [3, 2, 2, 1]
+    assert [b.ready_layer for b in gb.buckets] == [4, 2, 2, 1]   # layer 3 is ip2's Split
     assert gb.size == sum(b.count for b in net.learnable_params)
     for i, b in enumerate(net.learnable_params):
         b.diff[...] = i + 1
@@ -341,38 +350,35 @@ def test_overlap_reduces_buckets_during_backward(tmp_path):
     from pycaffe_fc.parallel.allreduce import GradientSync
     from pycaffe_fc.parallel.comm import World
     net = _tiny_net(tmp_path)
-    events = []
+    submitted = []                                      # buckets handed to the thread, per layer
 
     class Solver:
         iter = 0
         param = type("P", (), {"iter_size": 1})()
 
     Solver.net = net
+    reduced = []
 
     def fake_allreduce(buf, tag):
-        events.append(("reduce", buf.size))
+        reduced.append(buf.size)
         buf *= 2                                        # two identical "workers"
 
-    orig = net.set_after_backward
-
-    def record(hook):
-        def wrapped(i):
-            events.append(("backward", i))
-            hook(i)
-        orig(wrapped if hook else None)
-    net.set_after_backward = record
     gs = GradientSync(Solver(), World(None, 0, 2), overlap=True, bucket_bytes=1, allreduce=fake_allreduce)
+    hook = net._after_backward
+    net.set_after_backward(lambda i: (hook(i), submitted.append((i, gs._next_bucket))))
     net.clear_param_diffs()
     gs.on_start()
     net.forward_backward()
     expected = [b.diff.copy() for b in net.learnable_params]
     gs.on_gradients_ready()
     gs.close()
-    kinds = [e[0] for e in events]
-    assert kinds.index("reduce") < len(kinds) - 1 - kinds[::-1].index("backward")  # overlapped
-    assert sum(1 for k in kinds if k == "reduce") == 4
+    # layers: data 0, ip1 1, ip2 2, ip2's Split 3, ip3 4, ip4 5, loss 6. ip4 completes nothing
+    # (its weight is shared with ip3); ip3 completes bucket 0, ip2 buckets 1-2, ip1 bucket 3:
+    # each is handed over as soon as its layer's backward is done
+    assert submitted == [(6, 0), (5, 0), (4, 1), (3, 1), (2, 3), (1, 4)]
+    assert sorted(reduced) == sorted(b.count for b in net.learnable_params)
     for b, e in zip(net.learnable_params, expected):
-        np.testing.assert_allclose(b.diff, e * 2 / 2, rtol=1e-6)
+        np.testing.assert_allclose(b.diff, e, rtol=1e-6)     # summed over 2, scaled by 1/2
 
 
 def test_train_argv_round_trip():

@@ -199,3 +199,32 @@ def test_sighup_style_snapshot_request(tmp_path):
     s.solve()
     assert (tmp_path / "snap_iter_2.caffemodel").exists()
     assert not (tmp_path / "snap_iter_3.caffemodel").exists()
+
+
+def test_hdf5_slash_names_and_shared_params(tmp_path):
+    from pycaffe_fc.proto.hdf5 import read_hdf5_weights
+    net_file = tmp_path / "net.prototxt"
+    net_file.write_text(sf.net_text().replace('name: "ip"', 'name: "ip/a"') + """
+layer { name: "ip/b" type: "InnerProduct" bottom: "x" top: "y2"
+  param { name: "shared_w" } param { }
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "ip_c" type: "InnerProduct" bottom: "x" top: "y3"
+  param { name: "shared_w" } param { }
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 }
+    bias_filler { type: "gaussian" std: 1 } } }
+""")
+    a = Net(str(net_file), 0)
+    h5 = str(tmp_path / "w.caffemodel.h5")
+    from pycaffe_fc.proto.hdf5 import write_net_hdf5
+    write_net_hdf5(a, h5)
+    got = dict(read_hdf5_weights(h5))
+    assert len(got["ip/a"]) == 2 and len(got["ip/b"]) == 2
+    assert got["ip_c"][0] is None and got["ip_c"][1].shape == (2,)  # a shared weight: owner only
+    b = Net(str(net_file), 0)
+    for blobs in b.params.values():
+        for blob in blobs:
+            blob.data[...] = 0
+    b.copy_from(h5)
+    for name in ("ip/a", "ip/b", "ip_c"):
+        for x, y in zip(a.params[name], b.params[name]):
+            np.testing.assert_array_equal(x.data, y.data)

@@ -203,3 +203,10 @@ def test_caffe_test_command(workdir, capsys):
     assert float(mean.split("] loss = ")[1].split()[0]) == pytest.approx(np.mean(want), rel=1e-5)
     assert cli.main(["test", "--model", "net.prototxt", "--weights", "missing.caffemodel"]) == 1
     assert "missing.caffemodel: file not found" in capsys.readouterr().err
+
+
+def test_caffe_single_dash_flags(workdir):
+    assert cli.main(["train", "-solver", write_solver(workdir, max_iter=1, snapshot_after_train=True),
+                     "-sigint_effect", "none"]) == 0
+    assert cli.main(["test", "-model", "net.prototxt", "-weights", "snap_iter_1.caffemodel",
+                     "-iterations", "1"]) == 0

@@ -12,8 +12,9 @@ from typing import Any
 from . import commbench, training
 from .config import Mode, NetRecipe
 
-#: the data-parallel trainer's end-of-run summary of SyncStats (see pycaffe_fc/parallel/launch.py)
-_COMM_RE = re.compile(r"comm(?:unication)?[^\n]*?([0-9.]+)\s*s\b[^\n]*?(?:of|/)\s*([0-9.]+)\s*s", re.I)
+#: the data-parallel trainer's end-of-run summary of its SyncStats (pycaffe_fc/parallel/launch.py)
+_COMM_RE = re.compile(r"Gradient all-reduce \((\S+), (\d+) bytes, (\d+) bucket\(s\)\): ([0-9.]+) ms per "
+                      r"iteration on the training thread, ([0-9.]+) ms reducing")
 
 
 def measure(root: str, shared: str, work_dir: str, mode: Mode, recipe: NetRecipe, lr: float,
@@ -43,8 +44,10 @@ def measure(root: str, shared: str, work_dir: str, mode: Mode, recipe: NetRecipe
             raise RuntimeError(f"speedup run with {p} workers failed (exit {rc}): {training._tail(log_path)}")
         rows, _ = training.parse_training_log(log_path)
         loop_s = _loop_seconds(rows, mode.speedup_iters)
-        comm_s = _comm_seconds(log_path)
-        runs.append({"workers": p, "wall_s": wall, "loop_s": loop_s, "comm_s": comm_s,
+        comm_s, nbytes = _comm_seconds(log_path, mode.speedup_iters)
+        if p == 1:
+            comm_s = 0.0  # one worker communicates nothing
+        runs.append({"workers": p, "wall_s": wall, "loop_s": loop_s, "comm_s": comm_s, "bytes": nbytes,
                      "samples": mode.speedup_iters * mode.speedup_batch, "log": log_path,
                      "command": training._rel_cmd(root, cmd)})
         share = "" if comm_s is None or not loop_s else f", communication {100 * comm_s / loop_s:.0f}%"
@@ -77,11 +80,14 @@ def _loop_seconds(rows: list[dict[str, float]], iters: int) -> float:
     return (t1 - t0) / max(1, i1 - i0) * iters
 
 
-def _comm_seconds(log_path: str) -> float | None:
-    """Seconds the training thread spent in gradient synchronisation, as the trainer logged it."""
+def _comm_seconds(log_path: str, iters: int) -> tuple[float | None, int | None]:
+    """(seconds the training thread spent in gradient synchronisation over ``iters`` iterations,
+    bytes all-reduced per iteration), from the trainer's end-of-run line (None with one worker)."""
     with open(log_path, errors="replace") as f:
         text = f.read()
     m = None
     for m in _COMM_RE.finditer(text):
         pass
-    return float(m.group(1)) if m else None
+    if not m:
+        return None, None
+    return float(m.group(4)) / 1e3 * iters, int(m.group(2))

@@ -19,10 +19,10 @@ f32 = np.float32
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="the model definition protocol buffer text file")
-    p.add_argument("--weights", required=True, help="the trained weights (.caffemodel or .caffemodel.h5)")
-    p.add_argument("--iterations", type=int, default=50, help="the number of batches to score")
-    p.add_argument("--gpus", "--gpu", dest="gpus", default="",
+    p.add_argument("--model", "-model", required=True, help="the model definition protocol buffer text file")
+    p.add_argument("--weights", "-weights", required=True, help="the trained weights (.caffemodel or .caffemodel.h5)")
+    p.add_argument("--iterations", "-iterations", type=int, default=50, help="the number of batches to score")
+    p.add_argument("--gpus", "--gpu", "-gpus", "-gpu", dest="gpus", default="",
                    help="run on this GPU (the first of a list; 'all' means device 0); default: the CPU")
     add_net_state_arguments(p, default_phase="TEST")
 

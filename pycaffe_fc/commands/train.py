@@ -7,6 +7,7 @@ FireCaffe's launcher does, a count ``N`` (N workers on devices 0..N-1; ``0`` kee
 device 0, one worker). More than one worker, or running under an MPI launcher with more than one
 rank, trains data-parallel (``pycaffe_fc.parallel.launch.train_parallel``) with the FireCaffe
 flags ``--sync``, ``--segment-bytes``, ``--check-sync``, ``--batch-per-worker``, ``--overlap``.
+Caffe's single-dash spellings (``-solver x``, gflags style) are accepted too.
 """
 from __future__ import annotations
 
@@ -21,20 +22,24 @@ _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--solver", required=True, help="the solver definition protocol buffer text file")
-    p.add_argument("--snapshot", default="", help="a .solverstate(.h5) to resume training from")
-    p.add_argument("--weights", default="",
+    p.add_argument("--solver", "-solver", required=True,
+                   help="the solver definition protocol buffer text file")
+    p.add_argument("--snapshot", "-snapshot", default="",
+                   help="a .solverstate(.h5) to resume training from")
+    p.add_argument("--weights", "-weights", default="",
                    help="pretrained .caffemodel file(s) to fine-tune from, comma-separated "
                         "(cannot be given together with --snapshot)")
-    p.add_argument("--gpus", "--gpu", dest="gpus", default="",
+    p.add_argument("--gpus", "--gpu", "-gpus", "-gpu", dest="gpus", default="",
                    help="devices to use: a list '0,1,2', 'all', or a worker count N; default: the "
                         "solver's solver_mode, else the CPU")
-    p.add_argument("--level", type=int, default=0, help="the train net's NetState level")
-    p.add_argument("--stage", action="append", default=[],
+    p.add_argument("--level", "-level", type=int, default=0, help="the train net's NetState level")
+    p.add_argument("--stage", "-stage", action="append", default=[],
                    help="a train net NetState stage (repeat, or a comma-separated list)")
-    p.add_argument("--sigint_effect", default="stop", choices=("stop", "snapshot", "none"),
+    p.add_argument("--sigint_effect", "-sigint_effect", default="stop",
+                   choices=("stop", "snapshot", "none"),
                    help="what a SIGINT (Ctrl-C) does during training (default: stop)")
-    p.add_argument("--sighup_effect", default="snapshot", choices=("stop", "snapshot", "none"),
+    p.add_argument("--sighup_effect", "-sighup_effect", default="snapshot",
+                   choices=("stop", "snapshot", "none"),
                    help="what a SIGHUP does during training (default: snapshot)")
     g = p.add_argument_group("data-parallel training (FireCaffe)")
     g.add_argument("--sync", default="tree", choices=("tree", "ps", "mpi", "pipelined-tree"),

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import CaffeError
 from ..fillers import fill
-from ..im2col import col2im, conv_out_size, deconv_out_size, im2col, ones, workspace
+from ..im2col import col2im, conv_out_size, deconv_out_size, im2col, workspace
 from .base import Layer, register
 
 #: per-image GEMMs pay off once each image's output has at least this many positions
@@ -187,12 +187,12 @@ class _ConvGemm:
                self.g.pad, self.g.dilation, self.in_sp, img_diff)
 
     def bias_grad(self, dout, dout_t, bias_diff) -> None:
-        """bias_diff += the sum of dout over the batch and positions (Caffe: a GEMV with ones)."""
+        """bias_diff += the sum of dout over the batch and positions (Caffe: a GEMV with ones;
+        a plain reduction here, which stays fast when BLAS threads compete for the cores)."""
         if dout_t is not None:
-            bias_diff += dout_t @ ones(dout_t.shape[1], self.xp)
+            bias_diff += dout_t.sum(axis=1)
         else:
-            s = dout.reshape(self.n * self.o, self.p) @ ones(self.p, self.xp)
-            bias_diff += s.reshape(self.n, self.o).sum(axis=0)
+            bias_diff += dout.reshape(self.n, self.o, self.p).sum(axis=2).sum(axis=0)
 
 
 class BaseConvolutionLayer(Layer):
@@ -331,8 +331,7 @@ class DeconvolutionLayer(BaseConvolutionLayer):
         for b, t, prop in zip(bottom, top, propagate_down):
             dy = t.diff.reshape((self.num, self.num_output) + self.out_sp)
             if want_b:
-                s = dy.reshape(self.num * self.num_output, -1) @ ones(int(np.prod(self.out_sp)), self.xp)
-                self.blobs[1].diff[...] += s.reshape(self.num, self.num_output).sum(axis=0)
+                self.blobs[1].diff[...] += dy.reshape(self.num, self.num_output, -1).sum(axis=2).sum(axis=0)
             if want_w:
                 x = b.data.reshape((self.num, self.channels) + self.in_sp)
                 x_t = gm.transposed_out(x)

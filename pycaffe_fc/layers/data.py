@@ -100,9 +100,14 @@ class _DatumLoader:
             key, value = rec
             d = caffe_pb2.Datum()
             d.ParseFromString(value)
-            return datum_pixels(d, t.force_color, t.force_gray, what=f"{self.what}: record '{key.decode(errors='replace')}'"), d.label
+            where = f"{self.what}: record '{key.decode(errors='replace')}'"
+            return datum_pixels(d, t.force_color, t.force_gray, what=where), d.label
 
-        out = map_decode(pixels, records) if any(_maybe_encoded(v) for _, v in records) else [pixels(r) for r in records]
+        # encoded images decode on the pool (OpenCV releases the GIL); raw ones are just copied
+        if any(_maybe_encoded(v) for _, v in records):
+            out = map_decode(pixels, records)
+        else:
+            out = [pixels(r) for r in records]
         imgs = [p for p, _ in out]
         _check_same_shape(imgs, [k for k, _ in records], self.what)
         data = t.transform(np.stack(imgs))
@@ -139,8 +144,7 @@ class DataLayer(BasePrefetchingDataLayer):
         d = caffe_pb2.Datum()
         d.ParseFromString(stream.first_value())
         t = self.transformer
-        if (t.force_color or t.force_gray) and not d.encoded:
-            pass  # Caffe logs "force_color and force_gray only for encoded datum" and goes on
+        # force_color/force_gray act on encoded records only (Caffe logs that and goes on)
         shape = t.infer_shape(datum_pixels(d, t.force_color, t.force_gray, what=what).shape)
         self.stream = stream
         self.plan = plan

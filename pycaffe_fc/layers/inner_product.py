@@ -5,7 +5,6 @@ import numpy as np
 
 from ..errors import CaffeError
 from ..fillers import fill
-from ..im2col import ones
 from .base import Layer, register
 
 
@@ -72,7 +71,7 @@ class InnerProductLayer(Layer):
             else:
                 dw += dy.T @ x
         if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff[...] += ones(self.m, xp) @ dy
+            self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.m, self.k)
             xp.matmul(dy, self._w().T, out=dx)
@@ -133,7 +132,7 @@ class EmbedLayer(Layer):
             idx = self._indices(bottom)
             _scatter_add(self.xp, self.blobs[0].diff, idx, dy)
         if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff[...] += ones(dy.shape[0], self.xp) @ dy
+            self.blobs[1].diff[...] += dy.sum(axis=0)
 
 
 def _scatter_add(xp, target, idx, rows) -> None:

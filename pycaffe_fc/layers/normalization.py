@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CaffeError
-from ..im2col import ones
 from .base import TEST, Layer, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -152,10 +151,9 @@ class BatchNormLayer(Layer):
         return arr.reshape(n, self.channels, -1)
 
     def _channel_sum(self, a3, scale: float):
-        """Per-channel sum of (N, C, S) as Caffe does it: a GEMV over S (scaled), then over N."""
-        n, c, s = a3.shape
-        per = (a3.reshape(n * c, s) @ ones(s, self.xp)) * np.float32(scale)
-        return per.reshape(n, c).sum(axis=0)
+        """Per-channel sum of (N, C, S) in Caffe's order: over S (scaled), then over N."""
+        per = a3.sum(axis=2) * np.float32(scale)
+        return per.sum(axis=0)
 
     def forward(self, bottom, top):
         xp = self.xp
@@ -229,7 +227,7 @@ class MVNLayer(Layer):
         self.dim = b.count // self.rows if self.rows else 0
 
     def _row_mean(self, a2):
-        return (a2 @ ones(self.dim, self.xp)) * np.float32(1.0 / self.dim)
+        return a2.sum(axis=1) * np.float32(1.0 / self.dim)
 
     def forward(self, bottom, top):
         xp = self.xp
@@ -248,16 +246,15 @@ class MVNLayer(Layer):
         xp = self.xp
         dy = top[0].diff.reshape(self.rows, self.dim)
         dx = bottom[0].diff.reshape(self.rows, self.dim)
-        o = ones(self.dim, xp)
         if self.normalize_variance:
             y = top[0].data.reshape(self.rows, self.dim)
-            sum_dy_y = (dy * y) @ o
-            sum_dy = dy @ o
+            sum_dy_y = (dy * y).sum(axis=1)
+            sum_dy = dy.sum(axis=1)
             tmp = y * sum_dy_y[:, None]
             tmp += sum_dy[:, None]
             tmp *= np.float32(-1.0 / self.dim)
             tmp += dy
             xp.divide(tmp, self._sigma[:, None], out=dx)
         else:
-            mean = (dy @ o) * np.float32(1.0 / self.dim)
+            mean = dy.sum(axis=1) * np.float32(1.0 / self.dim)
             xp.subtract(dy, mean[:, None], out=dx)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import get_array_module
 from ..errors import CaffeError
-from ..im2col import _cached_offsets
+from ..im2col import _cached_offsets, workspace
 from ..rng import get_rng
 from .base import TRAIN, Layer, register
 
@@ -84,20 +85,76 @@ def _view(x, isl):
     return x[:, :, isl[0], isl[1]]
 
 
+class WideLayout:
+    """Every window offset of a pooling as ONE long strided row per (image, channel) plane.
+
+    With the plane padded to Hp x Wp (so no window leaves it) and Wq = sh*Wp/sw, output (oy, ox)
+    sits at q = oy*Wq + ox of a "wide" row and reads padded pixel sw*q + i*Wp + j for kernel offset
+    (i, j). So each offset is a single (N*C, L) strided view, L = (oh-1)*Wq + ow, and every step of
+    the offset loop is one long-row ufunc call (numpy's per-row cost on short rows is what would
+    otherwise dominate); positions with ox >= ow are scratch, never copied out.
+    """
+
+    def __init__(self, geom: PoolGeometry, n: int, c: int) -> None:
+        (h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = geom.in_hw, geom.kernel, geom.stride, geom.pad, geom.out_hw
+        self.nc, self.h, self.w = n * c, h, w
+        self.ph, self.pw, self.oh, self.ow = ph, pw, oh, ow
+        self.hp = max(h + ph, sh * (oh - 1) + kh)
+        wp = max(w + pw, sw * (ow - 1) + kw)
+        while (sh * wp) % sw:
+            wp += 1
+        self.wp = wp
+        self.wq = sh * wp // sw
+        self.sw = sw
+        self.length = (oh - 1) * self.wq + ow
+        self.plane = self.hp * self.wp
+        self.shifts = [i * wp + j for i in range(kh) for j in range(kw)]
+        # the input itself serves as the padded plane when nothing pads it
+        self.direct = self.hp == h and self.wp == w and ph == 0 and pw == 0
+
+    def padded(self, xp, x, fill: float, slot: str):
+        """x (N, C, H, W) inside a (N*C, Hp*Wp) plane filled with ``fill`` around it."""
+        if self.direct:
+            return x.reshape(self.nc, self.plane)
+        buf = workspace(slot, (self.nc, self.plane), xp)
+        b3 = buf.reshape(self.nc, self.hp, self.wp)
+        b3[...] = fill  # only the border needs it, but one contiguous fill is cheap
+        b3[:, self.ph:self.ph + self.h, self.pw:self.pw + self.w] = x.reshape(self.nc, self.h, self.w)
+        return buf
+
+    def view(self, xp, plane_buf, k: int):
+        """The (N*C, L) strided view of kernel offset k into a padded (N*C, Hp*Wp) buffer."""
+        it = plane_buf.itemsize
+        return xp.lib.stride_tricks.as_strided(plane_buf.reshape(-1)[self.shifts[k]:],
+                                               shape=(self.nc, self.length),
+                                               strides=(self.plane * it, self.sw * it))
+
+    def valid(self, wide):
+        """The (N*C, oh, ow) outputs inside a C-contiguous (N*C, L) wide array."""
+        xp = get_array_module(wide)
+        return xp.lib.stride_tricks.as_strided(wide, shape=(self.nc, self.oh, self.ow),
+                                               strides=(wide.strides[0], self.wq * wide.itemsize, wide.itemsize))
+
+    def interior(self, plane_buf):
+        """The (N*C, H, W) image inside a padded plane buffer."""
+        return plane_buf.reshape(self.nc, self.hp, self.wp)[:, self.ph:self.ph + self.h, self.pw:self.pw + self.w]
+
+
 class PoolingKernel:
     """Forward/backward of one pooling geometry on (N, C, H, W) arrays; keeps the argmax."""
 
     def __init__(self, xp, method: int, geom: PoolGeometry, shape) -> None:
         self.xp, self.method, self.g = xp, method, geom
         self.shape = tuple(shape)
-        self.argmax = None      # MAX: window offset number (uint8/int16) or in-plane index (whole image)
+        self.argmax = None      # MAX: window offset number per output (wide layout), or in-plane index
         self.argmax_is_plane = False
         self.rand_idx = None    # STOCHASTIC (TRAIN): in-plane index of the sampled pixel
         self._divisor = None
+        self.wide = WideLayout(geom, shape[0], shape[1])
 
     # -- MAX --------------------------------------------------------------------------------
     def _max_forward(self, x, top) -> None:
-        xp, g = self.xp, self.g
+        xp, g, lay = self.xp, self.g, self.wide
         n, c, h, w = x.shape
         if g.whole_image:
             x3 = x.reshape(n, c, h * w)
@@ -105,35 +162,41 @@ class PoolingKernel:
             top.reshape(n, c)[...] = xp.take_along_axis(x3, idx[:, :, None], axis=2)[:, :, 0]
             self.argmax, self.argmax_is_plane = idx, True
             return
-        top[...] = -FLT_MAX
-        valid = [(k, osl, isl) for k, (_, osl, isl) in enumerate(g.offsets) if osl[0] is not None and osl[1] is not None]
-        for _, osl, isl in valid:
-            t = top[_box(osl)]
-            xp.maximum(t, _view(x, isl), out=t)
+        # outside the image counts as -FLT_MAX, Caffe's initial value: clipped windows ignore it
+        xpad = lay.padded(xp, x, -FLT_MAX, "pool_in")
+        nk = len(lay.shifts)
+        m = workspace("pool_wide", (lay.nc, lay.length), xp)
+        xp.copyto(m, lay.view(xp, xpad, 0))
+        for k in range(1, nk):
+            xp.maximum(m, lay.view(xp, xpad, k), out=m)
         # the first maximum in scan order: walk the offsets backwards, the earliest equal one wins
-        nk = len(g.offsets)
         dt = np.uint8 if nk < 256 else (np.int16 if nk < 32768 else np.int32)
-        idx = xp.zeros(top.shape, dt)
-        eq = xp.empty(top.shape, bool)
-        tmp = xp.empty(top.shape, dt)
-        for k, osl, isl in reversed(valid):
-            box = _box(osl)
-            e, ib, tb = eq[box], idx[box], tmp[box]
-            xp.equal(_view(x, isl), top[box], out=e)
-            # idx = e ? k : idx, without a masked copy (slow in numpy): idx -= (idx - k) * e
-            xp.subtract(ib, dt(k), out=tb)
-            xp.multiply(tb, e.view(np.uint8) if dt == np.uint8 else e, out=tb, casting="unsafe")
-            xp.subtract(ib, tb, out=ib)
+        idx = self.argmax if (self.argmax is not None and not self.argmax_is_plane and
+                              self.argmax.dtype == dt and self.argmax.shape == m.shape) else xp.empty(m.shape, dt)
+        idx[...] = 0
+        eq = workspace("pool_eq", m.shape, xp, np.bool_)
+        tmp = workspace("pool_tmp", m.shape, xp, dt)
+        for k in range(nk - 1, -1, -1):
+            xp.equal(lay.view(xp, xpad, k), m, out=eq)
+            # idx = eq ? k : idx without a masked copy (slow in numpy): idx -= (idx - k) * eq
+            xp.subtract(idx, dt(k), out=tmp)
+            xp.multiply(tmp, eq.view(np.uint8) if dt == np.uint8 else eq, out=tmp, casting="unsafe")
+            xp.subtract(idx, tmp, out=idx)
+        xp.copyto(top.reshape(lay.nc, lay.oh, lay.ow), lay.valid(m))
         self.argmax, self.argmax_is_plane = idx, False
 
     def plane_index(self):
         """The argmax as Caffe's mask: h*W + w inside the unpadded plane (-1 for empty windows)."""
         xp, g = self.xp, self.g
+        n, c = self.shape[:2]
         if self.argmax_is_plane:
-            return self.argmax.reshape(self.argmax.shape + (1, 1))
+            return self.argmax.reshape(n, c, 1, 1)
         base = xp.asarray(g.plane_base())
         table = xp.asarray(g.offset_table())
-        plane = base + xp.take(table, self.argmax.astype(np.intp))
+        k = self.argmax
+        if k.ndim == 2:  # the wide layout of the MAX forward
+            k = self.wide.valid(k)
+        plane = (xp.take(table, k.astype(np.intp)) + base).reshape(n, c, *g.out_hw)
         if g.empty is not None:
             plane[..., xp.asarray(g.empty)] = -1
         return plane
@@ -163,33 +226,39 @@ class PoolingKernel:
         return self._divisor
 
     def _ave_forward(self, x, top) -> None:
-        xp, g = self.xp, self.g
+        xp, g, lay = self.xp, self.g, self.wide
         n, c, h, w = x.shape
         if g.whole_image:
             s = x.reshape(n, c, h * w).sum(axis=2)
             xp.divide(s, np.float32(h * w), out=top.reshape(n, c))
             return
-        top[...] = 0
-        for _, osl, isl in g.offsets:
-            if osl[0] is None or osl[1] is None:
-                continue
-            t = top[_box(osl)]
-            xp.add(t, _view(x, isl), out=t)
-        top /= self.divisor()
+        xpad = lay.padded(xp, x, 0.0, "pool_in")
+        acc = workspace("pool_wide", (lay.nc, lay.length), xp)
+        xp.copyto(acc, lay.view(xp, xpad, 0))
+        for k in range(1, len(lay.shifts)):
+            xp.add(acc, lay.view(xp, xpad, k), out=acc)
+        xp.divide(lay.valid(acc).reshape(n, c, lay.oh, lay.ow), self.divisor(), out=top)
 
     def _ave_backward(self, dtop, dbottom) -> None:
-        xp, g = self.xp, self.g
+        xp, g, lay = self.xp, self.g, self.wide
         n, c, h, w = dbottom.shape
         if g.whole_image:
             dbottom.reshape(n, c, h * w)[...] = (dtop.reshape(n, c) / np.float32(h * w))[:, :, None]
             return
-        d = dtop / self.divisor()
-        dbottom[...] = 0
-        for _, osl, isl in g.offsets:
-            if osl[0] is None or osl[1] is None:
-                continue
-            b = _view(dbottom, isl)
-            xp.add(b, d[_box(osl)], out=b)
+        d = workspace("pool_wide", (lay.nc, lay.length), xp)
+        d[...] = 0
+        xp.divide(dtop, self.divisor(), out=lay.valid(d).reshape(n, c, lay.oh, lay.ow))
+        if lay.direct:
+            grad = dbottom.reshape(lay.nc, lay.plane)
+            grad[...] = 0
+        else:
+            grad = workspace("pool_grad", (lay.nc, lay.plane), xp)
+            grad[...] = 0
+        for k in range(len(lay.shifts)):
+            v = lay.view(xp, grad, k)
+            xp.add(v, d, out=v)
+        if not lay.direct:
+            xp.copyto(dbottom.reshape(lay.nc, h, w), lay.interior(grad))
 
     # -- STOCHASTIC (Caffe has it on the GPU only; same sampling rule here) -------------------
     def _windows(self, x):

@@ -11,6 +11,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -117,6 +118,7 @@ def select_device(world: World, gpus: list[int] | None = None) -> str:
 
 # -- faults ----------------------------------------------------------------------------------
 _installed = False
+ABORT_GRACE_S = 0.5
 
 
 def fail(world: World, reason: str, code: int = 1) -> None:
@@ -132,6 +134,9 @@ def fail(world: World, reason: str, code: int = 1) -> None:
         sys.stderr.flush()
     except Exception:
         pass
+    # mpiexec stops forwarding a job's output once it is aborted: give it a moment to pass this
+    # line on (every rank that failed prints its own before any abort lands).
+    time.sleep(ABORT_GRACE_S)
     try:
         world.comm.Abort(code)
     finally:  # Abort does not return; should it, never let this rank linger.

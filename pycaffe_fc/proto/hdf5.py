@@ -104,8 +104,10 @@ def write_hdf5_weights(path, layers: Sequence[tuple[str, Sequence[tuple[np.ndarr
         data = f.create_group("data")
         diff = f.create_group("diff") if write_diff else None
         for name, blobs in layers:
-            gd = data.create_group(name)
-            gf = diff.create_group(name) if diff is not None else None
+            # A '/' in a layer name (GoogLeNet's "conv1/7x7_s2") nests groups, which Caffe's
+            # H5Gcreate2 refuses (BVLC/caffe#4267); read_hdf5_weights joins the path back.
+            gd = _layer_group(data, name, bool(blobs), path)
+            gf = _layer_group(diff, name, bool(blobs), path) if diff is not None else None
             for j, (d, g) in enumerate(blobs):
                 if d is not None:
                     gd.create_dataset(str(j), data=np.asarray(d, dtype=np.float32))
@@ -113,6 +115,16 @@ def write_hdf5_weights(path, layers: Sequence[tuple[str, Sequence[tuple[np.ndarr
                     gf.create_dataset(str(j), data=np.asarray(g, dtype=np.float32))
 
     _write_atomic_h5(path, write)
+
+
+def _layer_group(parent, name: str, has_blobs: bool, path):
+    if name in parent:
+        g = parent[name]
+        if has_blobs and any(isinstance(v, _h5py().Dataset) for v in g.values()):
+            raise CaffeError(f"{path}: two layers named '{name}' have parameters; HDF5 snapshots need "
+                             "distinct layer names (use snapshot_format: BINARYPROTO)")
+        return g
+    return parent.create_group(name)
 
 
 def write_net_hdf5(net, path, write_diff: bool = False) -> None:
@@ -134,22 +146,30 @@ def write_net_hdf5(net, path, write_diff: bool = False) -> None:
 
 def read_hdf5_weights(path) -> Iterator[tuple[str, list[np.ndarray]]]:
     """Net::CopyTrainedLayersFromHDF5's source side: ``(layer_name, [arrays])`` for each layer group
-    under ``data``, arrays in index order ``"0"``, ``"1"``... (stopping at the first one missing,
-    i.e. a shared parameter the layer does not own)."""
+    under ``data``, arrays in index order ``"0"``, ``"1"``... A shared parameter is stored only by
+    its owner: a gap in the numbering is None, and a sharing layer may list fewer arrays than it
+    has blobs. Nested groups are layer names with '/' in them."""
     with _open(path) as f:
         if "data" not in f:
             raise CaffeError(f"{path}: error reading weights: no group 'data'")
-        data = f["data"]
-        for name in data:
-            g = data[name]
-            arrays = []
-            j = 0
-            while str(j) in g:
-                arrays.append(np.asarray(g[str(j)][()], dtype=np.float32))
-                j += 1
-            if len(arrays) != len(g):
-                raise CaffeError(f"{path}: layer '{name}': unexpected datasets {sorted(g)}")
-            yield name, arrays
+        yield from _walk_layers(f["data"], "", path)
+
+
+def _walk_layers(group, prefix: str, path) -> Iterator[tuple[str, list[np.ndarray]]]:
+    h5py = _h5py()
+    for key in group:
+        item = group[key]
+        if not isinstance(item, h5py.Group):
+            continue
+        name = prefix + key
+        datasets = [k for k, v in item.items() if isinstance(v, h5py.Dataset)]
+        if not all(k.isdigit() for k in datasets):
+            raise CaffeError(f"{path}: layer '{name}': unexpected datasets {sorted(datasets)} (expected 0, 1, ...)")
+        n = max((int(k) + 1 for k in datasets), default=0)
+        arrays = [np.asarray(item[str(j)][()], dtype=np.float32) if str(j) in datasets else None
+                  for j in range(n)]
+        yield name, arrays
+        yield from _walk_layers(item, name + "/", path)
 
 
 # -- solver state -------------------------------------------------------------------------------

@@ -242,7 +242,8 @@ class Solver:
         self._smoothed_loss = f32(0)
         self._timer = time.perf_counter()
         self._iterations_last = self.iter
-        bar = ProgressBar(stop_iter - start_iter, 0, enabled=self.is_root)
+        # no bar for pycaffe's step(1) loops: it would flash once per call
+        bar = ProgressBar(stop_iter - start_iter, 0, enabled=self.is_root and stop_iter - start_iter > 1)
         try:
             while self.iter < stop_iter:
                 self.net.clear_param_diffs()

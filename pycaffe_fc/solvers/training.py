@@ -1,7 +1,8 @@
 """``caffe train`` for one process (tools/caffe.cpp ``train()``), as a library function.
 
-Data-parallel training reuses it: ``setup(solver)`` runs after the solver is built and before
-training, so a caller can register gradient callbacks, set ``solver.is_root`` or broadcast weights.
+Data-parallel training reuses it: ``prepare(solver_param)`` may edit the SolverParameter before
+anything is built (e.g. a per-worker batch size), and ``setup(solver)`` runs after the solver is
+built and before training, so a caller can register gradient callbacks or broadcast weights.
 """
 from __future__ import annotations
 
@@ -52,14 +53,17 @@ class SignalHandler:
 
 
 def train(solver, snapshot: str | None = None, weights: str | None = None, *, level: int = 0,
-          stages: Iterable[str] = (), setup: Callable[[Solver], None] | None = None,
+          stages: Iterable[str] = (), prepare: Callable[[caffe_pb2.SolverParameter], None] | None = None,
+          setup: Callable[[Solver], None] | None = None,
           rank: int = 0, is_root: bool = True, sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT,
           handle_signals: bool = True) -> Solver:
     """Train as ``caffe train --solver S [--snapshot X | --weights A,B] [--level L --stage s]``.
 
     ``solver`` is a solver prototxt path or a SolverParameter. ``snapshot`` resumes from a
     .solverstate(.h5); ``weights`` fine-tunes from comma-separated .caffemodel files (copied into
-    the train and test nets). Returns the solver after ``Solve()``.
+    the train and test nets). ``rank`` offsets ``random_seed`` as Caffe's solver_rank does;
+    ``is_root`` False makes a silent worker (no logs, tests or snapshots). Returns the solver after
+    ``Solve()``.
     """
     if snapshot and weights:
         raise CaffeError("Give a snapshot to resume training or weights to finetune but not both.")
@@ -72,6 +76,8 @@ def train(solver, snapshot: str | None = None, weights: str | None = None, *, le
     elif weights:
         param.ClearField("weights")
         param.weights.append(weights)
+    if prepare is not None:
+        prepare(param)
     from . import get_solver
     handler = SignalHandler(sigint_effect, sighup_effect) if handle_signals else None
     try:
