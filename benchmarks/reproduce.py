@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="studies 2 and 3 with local mpiexec instead of the virtual cluster")
     p.add_argument("--no-plots", action="store_true", help="write the report without the PNG figures")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from results.json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other studies of an existing results.json and rerun only --only's")
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds before one training run is killed")
     args = p.parse_args(argv)
     if args.smoke and not args.quick:
@@ -87,7 +89,7 @@ def run_study1(mode: config.Mode, work: str, data_dir: str, timeout: float, resu
         net = s1["nets"][recipe.key] = {
             "title": recipe.title, "solver": recipe.solver, "train_val": recipe.train_val,
             "policy": base.lr_policy, "train_images": mode.train_images,
-            "extra_lrs": list(recipe.extra_lrs), "runs": []}
+            "warmup_lrs": list(recipe.warmup_lrs), "runs": []}
         for spec in training.plan(mode, recipe, base.base_lr, base.lr_policy):
             res = training.execute(ROOT, work, recipe, spec, train_src, test_src, timeout, log=log)
             net["runs"].append(_result_dict(res))
@@ -96,14 +98,8 @@ def run_study1(mode: config.Mode, work: str, data_dir: str, timeout: float, resu
 
 def _result_dict(res: training.RunResult) -> dict[str, Any]:
     d = dict(res.__dict__)
-    d["log"] = os.path.relpath(res.log, ROOT)
-    d["diverged_loss"] = any(not _finite(r.get("loss")) for r in res.train)
+    d["log"] = _rel(res.log)
     return d
-
-
-def _finite(v) -> bool:
-    import math
-    return v is not None and math.isfinite(v)
 
 
 # -- study 2 -----------------------------------------------------------------------------------
@@ -123,7 +119,7 @@ def run_study2(mode: config.Mode, work: str, shared: str, use_vc: bool, results:
         proto = os.path.join(timing_dir, f"{key}_b8.prototxt")
         log(f"  timing {key} forward+backward at batch {mode.compute_batch} ...")
         try:
-            compute[key] = commbench.time_imagenet_net(proto, mode.compute_batch, mode.compute_iters)
+            compute[key] = _time_net_child(proto, mode.compute_batch, mode.compute_iters)
             log(f"    {compute[key]['ms_per_batch']:.0f} ms per batch of {mode.compute_batch}")
         except Exception as e:  # noqa: BLE001 - reported, the rest of the study still runs
             log(f"    not timed: {e}")
@@ -142,16 +138,19 @@ def run_study2(mode: config.Mode, work: str, shared: str, use_vc: bool, results:
 def run_study3(mode: config.Mode, work: str, shared: str, data_dir: str, use_vc: bool,
                results: dict[str, Any], save) -> None:
     log("study 3: measured speedup")
-    recipe = next(r for r in (*mode.nets, config.LENET, config.NIN) if r.key == mode.speedup_net)
-    base = training.recipe_baseline(ROOT, recipe)
     train_db, test_db = data.ensure_fashion_mnist(data_dir, log=log)
     subsets = os.path.join(work, "subsets")
-    n = max(mode.speedup_batch * mode.speedup_iters, mode.speedup_batch)
+    n = mode.speedup_batch * mode.speedup_iters
     train_src = data.subset_lmdb(train_db, subsets, min(n, 60000))
     test_src = data.subset_lmdb(test_db, subsets, 100)
     m = mode if use_vc == mode.use_vcluster else _with(mode, use_vcluster=use_vc)
-    results["study3"] = speedup.measure(ROOT, shared, work, m, recipe, base.base_lr, train_src, test_src, log=log)
-    save()
+    s3 = results["study3"] = {"nets": {}}
+    for key in mode.speedup_nets:
+        recipe = next(r for r in (*mode.nets, config.LENET, config.NIN) if r.key == key)
+        base = training.recipe_baseline(ROOT, recipe)
+        s3["nets"][key] = speedup.measure(ROOT, shared, work, m, recipe, base.base_lr, train_src, test_src, log=log)
+        s3["nets"][key]["title"] = recipe.title
+        save()
 
 
 def _with(mode: config.Mode, **kw) -> config.Mode:
@@ -164,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_comm-worker":
         return _comm_worker(argv[1:])
+    if argv and argv[0] == "_time-net":
+        print(json.dumps(commbench.time_imagenet_net(argv[1], int(argv[2]), int(argv[3]))))
+        return 0
     args = parse_args(argv)
     mode = config.SMOKE if args.smoke else config.QUICK if args.quick else config.FULL
     out = os.path.abspath(args.out)
@@ -176,10 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         with open(results_path) as f:
             results = json.load(f)
+        s2 = results.get("study2") or {}
+        if s2.get("measured"):  # the model and extrapolation are derived data: recompute them
+            s2["interconnects"] = [ic.__dict__ for ic in config.INTERCONNECTS]
+            s2.update(commbench.analyse(s2["measured"], s2.get("compute", {}), mode.extrapolate_p,
+                                        config.INTERCONNECTS, config.PAPER_SPEEDUPS, config.PAPER_GLOBAL_BATCH))
     else:
-        results = {"mode": {"name": mode.name}, "env": env.describe(ROOT),
-                   "command": "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv),
+        command = "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv)
+        results = {"mode": {"name": mode.name}, "env": env.describe(ROOT), "command": command,
                    "stage_s": {}, "work_dir_rel": _rel(work)}
+        if args.merge and os.path.exists(results_path):
+            with open(results_path) as f:
+                earlier = json.load(f)
+            if earlier["mode"]["name"] != mode.name:
+                raise SystemExit(f"reproduce.py: --merge: {results_path} holds the '{earlier['mode']['name']}' form")
+            earlier.setdefault("later_runs", []).append({"command": command, "env": results["env"],
+                                                         "studies": args.only})
+            results = earlier
 
         def save() -> None:
             with open(results_path + ".tmp", "w") as f:
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name} failed: {type(e).__name__}: {e}")
                 results.setdefault(name, {})["skipped"] = f"failed: {type(e).__name__}: {e}"
             results["stage_s"][name] = time.perf_counter() - t0
-            results["total_s"] = time.perf_counter() - t_start
+            results["total_s"] = sum(results["stage_s"].values())
             save()
 
     os.makedirs(out, exist_ok=True)
@@ -227,6 +242,18 @@ def _rel(path: str) -> str:
         return path if rel.startswith("..") else rel
     except ValueError:
         return path
+
+
+def _time_net_child(prototxt: str, batch: int, iters: int) -> dict[str, float]:
+    """``commbench.time_imagenet_net`` in a child process with one BLAS thread, as every worker
+    of the training runs has (and so that this process never initialises BLAS threads)."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=ROOT, **training.BLAS_ONE_THREAD)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "_time-net", prototxt, str(batch), str(iters)],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError((out.stderr or out.stdout).strip().splitlines()[-1:] or ["failed"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _comm_worker(argv: list[str]) -> int:

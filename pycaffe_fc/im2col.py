@@ -47,6 +47,8 @@ def workspace(slot: str, shape: Sequence[int], xp=np, dtype=np.float32):
     key = (id(xp), f"{slot}/{dtype.str}")
     buf = _WORKSPACE.get(key)
     if buf is None or buf.size < size:
+        # drop the smaller buffer before allocating, so the two never coexist
+        buf = None
         _WORKSPACE.pop(key, None)
         buf = xp.empty(max(size, 1), dtype)
         _WORKSPACE[key] = buf
@@ -56,6 +58,15 @@ def workspace(slot: str, shape: Sequence[int], xp=np, dtype=np.float32):
 def release_workspace() -> None:
     """Free every scratch buffer (e.g. after a net is destroyed)."""
     _WORKSPACE.clear()
+
+
+def scatter_add(xp, target, idx, values) -> None:
+    """target[idx[i]] += values[i], repeated indices summed (np.add.at; cupyx.scatter_add)."""
+    if xp is np:
+        np.add.at(target, idx, values)
+    else:  # pragma: no cover - GPU only
+        import cupyx
+        cupyx.scatter_add(target, idx, values)
 
 
 # -- offsets ------------------------------------------------------------------------------------

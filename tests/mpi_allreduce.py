@@ -13,7 +13,10 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
+from pycaffe_fc.parallel import tree
 from pycaffe_fc.parallel.allreduce import SYNC_MODES, make_allreduce
+
+tree.REDUCE_PIECE_BYTES = 4096  # the tree's reduce then cuts the larger buffers into many pieces
 
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()

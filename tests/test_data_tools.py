@@ -77,6 +77,19 @@ def test_convert_imageset_skips_unreadable_shuffles_and_checks_size(tmp_path, ca
     assert "already exists" in capsys.readouterr().err
 
 
+def test_convert_imageset_encoded_keeps_the_files(tmp_path):
+    """--encoded without --encode_type guesses each file's type and stores its bytes unchanged."""
+    need_shared(DATA)
+    assert cli(["convert_imageset", "-encoded=true", str(DATA) + "/", str(DATA / "list.txt"),
+                str(tmp_path / "db")]) == 0
+    for (key, value), line in zip(records(tmp_path / "db"), (DATA / "list.txt").read_text().splitlines()):
+        d = caffe_pb2.Datum()
+        d.ParseFromString(value)
+        name, label = line.rsplit(" ", 1)
+        assert d.encoded and d.label == int(label) and key.decode().endswith(name)
+        assert d.data == (DATA / name).read_bytes()
+
+
 def test_compute_image_mean_is_bit_identical(tmp_path, capsys):
     need_shared(DATA)
     out = tmp_path / "mean.binaryproto"

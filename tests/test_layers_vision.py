@@ -138,6 +138,7 @@ CONV_CASES = {
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_convolution_forward_and_gradient(case, per_image, monkeypatch):
     monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if per_image else 10 ** 9)
+    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_MACS", 1)
     spec = CONV_CASES[case]
     text = conv_text(**spec["p"])
     x = randn(*spec["shape"])
@@ -163,6 +164,7 @@ def test_convolution_forward_and_gradient(case, per_image, monkeypatch):
                                dict(num_output=2, kernel_size=1)], ids=["k4s2p1", "group2", "1x1"])
 def test_deconvolution_is_the_transpose_and_gradient(p, per_image, monkeypatch):
     monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if per_image else 10 ** 9)
+    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_MACS", 1)
     text = conv_text("Deconvolution", **p)
     x = randn(2, 4, 4, 5)
     layer, bottom, top = setup_layer(text, [x])

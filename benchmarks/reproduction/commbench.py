@@ -61,6 +61,38 @@ def vcluster(shared: str, *args: str, timeout: float = 120) -> str:
     return out.stdout.strip()
 
 
+def vcluster_in_use() -> bool:
+    """Whether another job is running on the virtual cluster now (some process started through
+    ``vcluster``): its hosts are shared by the whole machine, and ``vcluster down`` would remove
+    them under that job."""
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"tools/vcluster" in cmd and (b" mpiexec " in cmd or b" up " in cmd):
+            return True
+    return False
+
+
+def take_vcluster(shared: str, hosts: int, rate: str, log=print, wait_s: float = 900) -> None:
+    """Bring the virtual cluster up with ``hosts`` hosts at ``rate``, after waiting (up to
+    ``wait_s``) for any other job on it to finish."""
+    t0 = time.time()
+    warned = False
+    while vcluster_in_use() and time.time() - t0 < wait_s:
+        if not warned:
+            log("  the virtual cluster is in use by another job: waiting for it to finish")
+            warned = True
+        time.sleep(10)
+    vcluster(shared, "down")
+    log(f"  {vcluster(shared, 'up', str(hosts), rate)}")
+
+
 def launcher(shared: str, p: int, use_vcluster: bool) -> list[str]:
     """The MPI launch prefix for p ranks: one per virtual host, or plain local mpiexec."""
     if use_vcluster:
@@ -136,8 +168,7 @@ def measure(root: str, shared: str, work_dir: str, hosts: tuple[int, ...], rates
     ping = max(sizes.values())
     for rate in rates:
         if use_vcluster:
-            vcluster(shared, "down")
-            log(f"  {vcluster(shared, 'up', str(max(hosts)), rate)}")
+            take_vcluster(shared, max(hosts), rate, log=log)
         per_p: dict[str, Any] = {}
         for p in hosts:
             path = os.path.join(work_dir, f"comm_{rate}_p{p}.json")
@@ -261,7 +292,8 @@ def analyse(measured: dict[str, Any], compute: dict[str, dict[str, float]], extr
             continue
         t1 = c["s_per_image"] * global_batch
         rows, curves = [], []
-        paper = [{"gpus": ps.gpus, "speedup": ps.speedup} for ps in paper_speedups if ps.net == net]
+        paper = [{"gpus": ps.gpus, "speedup": ps.speedup, "source": ps.source}
+                 for ps in paper_speedups if ps.net == net]
         for ic in interconnects:
             implied_t1 = None
             for p in extrapolate_p:

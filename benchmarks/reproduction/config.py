@@ -8,7 +8,7 @@ Three forms share one code path and differ only in size:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class NetRecipe:
     train_val: str           # path relative to the repository root
     solver: str              # the baseline (batch 64) solver recipe
     sweep_lrs: tuple[float, ...]   # large-batch base_lr values, doubling each step
-    extra_lrs: tuple[float, ...]   # rates also run with the poly policy and with warm-up
+    poly_lrs: tuple[float, ...]    # rates also run with Caffe's poly policy
+    warmup_lrs: tuple[float, ...]  # rates also run with the linear warm-up
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Mode:
     large_batch: int = 1024      # global: workers x per-worker batch
     workers: int = 4
     tests_per_run: int = 4       # test points along each training curve
-    warmup_epochs: float = 1.0   # length of the linear warm-up, in epochs of the subset
+    warmup_epochs: float = 0.5   # length of the linear warm-up, in epochs of the subset
     warmup_start_ratio: float = 0.0625   # warm-up starts at base_lr / 16 (the small-batch rate)
     poly_power: float = 0.5      # Caffe's poly policy as in GoogLeNet's quick_solver
     # study 2
@@ -51,9 +52,9 @@ class Mode:
     compute_iters: int = 2
     # study 3
     speedup_workers: tuple[int, ...] = (1, 2, 4)
-    speedup_net: str = "nin"
+    speedup_nets: tuple[str, ...] = ("lenet", "nin")
     speedup_batch: int = 1024
-    speedup_iters: int = 6
+    speedup_iters: int = 10
     speedup_rate: str = "1gbit"
     use_vcluster: bool = True
 
@@ -62,36 +63,45 @@ LENET = NetRecipe(
     key="lenet", title="LeNet",
     train_val="models/lenet_fashion/lenet_train_test.prototxt",
     solver="models/lenet_fashion/lenet_solver.prototxt",
-    sweep_lrs=(0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
-    extra_lrs=(0.16, 0.32, 0.64),
+    sweep_lrs=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
+    poly_lrs=(0.04, 0.08, 0.16),
+    warmup_lrs=(0.08, 0.16, 0.32),
 )
 NIN = NetRecipe(
     key="nin", title="NiN (Fashion)",
     train_val="models/nin_fashion/train_val.prototxt",
     solver="models/nin_fashion/solver.prototxt",
-    sweep_lrs=(0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
-    extra_lrs=(0.16, 0.32, 0.64),
+    sweep_lrs=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
+    poly_lrs=(0.04, 0.08, 0.16),
+    warmup_lrs=(0.08, 0.16, 0.32),
 )
 
-FULL = Mode(name="full", nets=(LENET, NIN), train_images=60000, test_images=10000, epochs=2)
+FULL = Mode(name="full", nets=(LENET, NIN), train_images=60000, test_images=10000, epochs=2,
+            tests_per_run=4)
+
+
+def _fewer(r: NetRecipe) -> NetRecipe:
+    """The quick form's settings: five sweep rates, one poly and one warm-up run."""
+    return replace(r, sweep_lrs=r.sweep_lrs[:5], poly_lrs=r.poly_lrs[1:2], warmup_lrs=r.warmup_lrs[1:2])
+
 
 QUICK = Mode(
-    name="quick", nets=(LENET, NIN), train_images=8192, test_images=2000, epochs=2,
+    name="quick", nets=(_fewer(LENET), _fewer(NIN)), train_images=8192, test_images=2000, epochs=2,
     tests_per_run=2,
     comm_hosts=(1, 2, 4), comm_rates=("1gbit",), comm_models=("nin_imagenet",),
-    comm_repeats=1, speedup_iters=3,
+    comm_repeats=1, speedup_iters=4,
 )
 
 SMOKE = Mode(
     name="smoke",
     nets=(NetRecipe(key="lenet", title="LeNet", train_val=LENET.train_val, solver=LENET.solver,
-                    sweep_lrs=(0.04, 0.08), extra_lrs=(0.08,)),),
+                    sweep_lrs=(0.04, 0.08), poly_lrs=(), warmup_lrs=(0.08,)),),
     train_images=512, test_images=200, epochs=1, small_batch=64, large_batch=256, workers=2,
     tests_per_run=2, warmup_epochs=0.5,
     comm_hosts=(1, 2), comm_rates=("1gbit",), comm_models=("nin_imagenet",),
     comm_algos=("tree", "ps"), comm_repeats=1, comm_scale=0.01, compute_batch=1, compute_iters=1,
-    extrapolate_p=(32, 128), speedup_workers=(1, 2), speedup_net="lenet", speedup_batch=64,
-    speedup_iters=2, use_vcluster=False,
+    extrapolate_p=(32, 128), speedup_workers=(1, 2), speedup_nets=("lenet",), speedup_batch=64,
+    speedup_iters=3, use_vcluster=False,
 )
 
 MODES = {m.name: m for m in (FULL, QUICK, SMOKE)}
@@ -124,15 +134,18 @@ class PaperSpeedup:
     net: str          # "nin_imagenet" or "googlenet"
     gpus: int
     speedup: float
+    source: str
 
 
-#: Speedups over single-GPU Caffe the paper reports for batch-1024 training with the reduction
-#: tree (abstract and Sec. 6; 47x on 128 GPUs is in the abstract).
+_ABSTRACT = "the paper's abstract (openaccess.thecvf.com, CVPR 2016)"
+_ISSUE = "the paper's Sec. 6 as quoted in issue 5 (the paper's text was not available to check)"
+
+#: Speedups over single-GPU Caffe the paper reports for batch-1024 training with the reduction tree.
 PAPER_SPEEDUPS = (
-    PaperSpeedup("nin_imagenet", 32, 23.0),
-    PaperSpeedup("googlenet", 32, 16.0),
-    PaperSpeedup("googlenet", 128, 47.0),
-    PaperSpeedup("nin_imagenet", 128, 39.0),
+    PaperSpeedup("nin_imagenet", 32, 23.0, _ISSUE),
+    PaperSpeedup("googlenet", 32, 16.0, _ISSUE),
+    PaperSpeedup("googlenet", 128, 47.0, _ABSTRACT),
+    PaperSpeedup("nin_imagenet", 128, 39.0, _ABSTRACT),
 )
 
 #: The ImageNet nets of study 2 (|W| from the comm model of fc-caffe's parallel package).

@@ -36,7 +36,7 @@ def write_all(results: dict[str, Any], out_dir: str) -> list[str]:
     if s2.get("extrapolation"):
         paths.append(_extrapolation(plt, s2, out_dir))
     s3 = results.get("study3") or {}
-    if s3.get("runs"):
+    if s3.get("nets"):
         paths.append(_speedup(plt, s3, out_dir))
     return [p for p in paths if p]
 
@@ -57,7 +57,12 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
             if pts:
                 label = {"sweep": f"batch {s1['large_batch']} ({net['policy']})",
                          "poly": f"batch {s1['large_batch']}, poly", "warmup": f"batch {s1['large_batch']}, warm-up"}[kind]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+                div = [r["spec"]["base_lr"] for r in net["runs"]
+                       if r["spec"]["kind"] == kind and r.get("diverged_at") is not None]
+                if div:
+                    ax.plot(div, [0.10] * len(div), "x", ms=9, color=line.get_color())
+        ax.plot([], [], "kx", label="diverged (loss NaN): chance")
         base = [r for r in net["runs"] if r["spec"]["kind"] == "baseline"]
         if base:
             b = base[0]
@@ -65,6 +70,10 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
             ax.axhline(_acc(b) - 0.01, color="k", lw=0.6, ls="--", label="baseline - 1 point")
         ax.axhline(0.10, color="grey", lw=0.8, ls=":", label="chance (10 classes)")
         ax.set_xscale("log", base=2)
+        lrs = sorted({r["spec"]["base_lr"] for r in net["runs"] if r["spec"]["kind"] != "baseline"})
+        ax.set_xticks(lrs)
+        ax.set_xticklabels([f"{x:g}" for x in lrs], fontsize=7)
+        ax.minorticks_off()
         ax.set_xlabel("base_lr")
         ax.set_ylabel("final test top-1")
         ax.set_ylim(0, 1)
@@ -74,6 +83,9 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
 
 
 def _acc(run: dict[str, Any]) -> float:
+    """Final top-1; a diverged run counts as chance (as BVLC Caffe, which trains on with NaN)."""
+    if run.get("diverged_at") is not None:
+        return 0.10
     a = run.get("final_accuracy")
     return float("nan") if a is None else a
 
@@ -95,13 +107,13 @@ def _curves(plt, key: str, net: dict[str, Any], out_dir: str) -> str:
         if te:
             ax2.plot([t[0] for t in te], [t[1] for t in te], ls + "o", lw=lw, ms=3, label=spec["label"])
     ax1.set_xlabel("epoch")
+    ax1.legend(fontsize=6, loc="upper right")
     ax1.set_ylabel("training loss (clipped at 5)")
     ax1.set_title(f"{net['title']}: training loss")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("test top-1")
     ax2.set_ylim(0, 1)
-    ax2.set_title(f"{net['title']}: test top-1")
-    ax2.legend(fontsize=6, loc="lower right")
+    ax2.set_title(f"{net['title']}: test top-1 (diverged runs have none)")
     return _save(plt, fig, os.path.join(out_dir, f"curves_{key}.png"))
 
 
@@ -163,22 +175,32 @@ def _extrapolation(plt, s2: dict[str, Any], out_dir: str) -> str:
 
 
 def _speedup(plt, s3: dict[str, Any], out_dir: str) -> str:
-    runs = s3["runs"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    w = [r["workers"] for r in runs]
-    ax1.plot(w, [r["speedup"] for r in runs], "o-", label="measured")
-    ax1.plot(w, w, ":", color="grey", label="linear")
-    ax1.axhline(1, color="k", lw=0.6)
-    ax1.set_xlabel("workers (hosts of the virtual cluster)" if s3.get("vcluster") else "workers (local MPI)")
-    ax1.set_ylabel("speedup over 1 worker")
-    ax1.set_title(f"{s3['net']}: {s3['iters']} x {s3['batch']} samples", fontsize=9)
+    nets = s3["nets"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    wmax = 1
+    labels, compute, comm = [], [], []
+    for key, e in nets.items():
+        runs = e["runs"]
+        w = [r["workers"] for r in runs]
+        wmax = max(wmax, *w)
+        ax1.plot(w, [r["speedup"] for r in runs], "o-",
+                 label=f"{e.get('title', key)}: {e['iters']} x {e['batch']} samples")
+        for r in runs:
+            c = r.get("comm_s") or 0.0
+            labels.append(f"{key}\n{r['workers']}w")
+            compute.append(r["loop_s"] - c)
+            comm.append(c)
+    ax1.plot([1, wmax], [1, wmax], ":", color="grey", label="linear")
+    ax1.axhline(2, color="k", lw=0.6, ls="--", label="2 cores")
+    ax1.set_xlabel("workers (hosts of the virtual cluster)" if any(e.get("vcluster") for e in nets.values())
+                   else "workers (local MPI)")
+    ax1.set_ylabel("speedup over 1 worker (training loop)")
+    ax1.set_title("measured speedup, one BLAS thread per worker, 2 shared cores", fontsize=9)
     ax1.legend(fontsize=7)
-    comm = [r.get("comm_s") or 0.0 for r in runs]
-    loop = [r["loop_s"] for r in runs]
-    ax2.bar([str(x) for x in w], [lp - c for lp, c in zip(loop, comm)], label="compute and the rest")
-    ax2.bar([str(x) for x in w], comm, bottom=[lp - c for lp, c in zip(loop, comm)], label="gradient sync")
-    ax2.set_xlabel("workers")
+    ax2.bar(labels, compute, label="compute and the rest")
+    ax2.bar(labels, comm, bottom=compute, label="gradient all-reduce (training thread)")
     ax2.set_ylabel("training-loop seconds")
-    ax2.set_title("where the time went (2 shared cores)", fontsize=9)
+    ax2.set_title("where the time went", fontsize=9)
+    ax2.tick_params(axis="x", labelsize=7)
     ax2.legend(fontsize=7)
     return _save(plt, fig, os.path.join(out_dir, "speedup.png"))

@@ -24,6 +24,10 @@ def _x(x: float | None, nd: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}x"
 
 
+def _lrs(lrs: list[float], diverged: list[float]) -> str:
+    return ", ".join(f"{x:g}" + (" (diverged)" if x in diverged else "") for x in lrs)
+
+
 def _points(gap: float | None) -> str:
     return "n/a" if gap is None else f"{100 * gap:.2f}"
 
@@ -45,6 +49,8 @@ def study1_findings(net: dict[str, Any]) -> dict[str, Any]:
     sweep = [r for r in runs if r["spec"]["kind"] == "sweep" and r.get("final_accuracy") is not None]
     best = max(sweep, key=lambda r: r["final_accuracy"], default=None)
     at_chance = sorted(r["spec"]["base_lr"] for r in runs if r["spec"]["kind"] == "sweep" and _at_chance(r))
+    diverged = sorted(r["spec"]["base_lr"] for r in runs
+                      if r["spec"]["kind"] == "sweep" and r.get("diverged_at") is not None)
     sweep_lrs = sorted(r["spec"]["base_lr"] for r in runs if r["spec"]["kind"] == "sweep")
     largest = sweep_lrs[-1] if sweep_lrs else None
     by_kind: dict[str, dict[float, dict]] = {}
@@ -62,7 +68,7 @@ def study1_findings(net: dict[str, Any]) -> dict[str, Any]:
         "best_lr": best["spec"]["base_lr"] if best else None,
         "best_acc": best["final_accuracy"] if best else None, "gap": gap,
         "within_1pt": gap is not None and gap <= 0.01,
-        "at_chance": at_chance, "largest_lr": largest,
+        "at_chance": at_chance, "diverged": diverged, "largest_lr": largest,
         "largest_at_chance": largest is not None and largest in at_chance,
         "rescued_by_warmup": rescued,
         "poly_best": (poly_best["spec"]["base_lr"], poly_best["final_accuracy"]) if poly_best else None,
@@ -71,8 +77,10 @@ def study1_findings(net: dict[str, Any]) -> dict[str, Any]:
 
 
 def _at_chance(r: dict[str, Any]) -> bool:
+    if r.get("at_chance"):
+        return True
     a = r.get("final_accuracy")
-    return a is None or a <= CHANCE + 0.02 or bool(r.get("diverged_loss"))
+    return a is not None and a <= CHANCE + 0.02
 
 
 # -- writer -------------------------------------------------------------------------------------
@@ -99,7 +107,10 @@ def write(results: dict[str, Any], path: str, plot_dir: str | None) -> str:
         f"virtual cluster); the paper's figures appear only where labelled *paper*.")
     add("")
     add(f"- command: `{results['command']}`")
-    add(f"- started {env['date_utc']}, total wall time {_min(results['total_s'])} "
+    for later in results.get("later_runs", []):
+        add(f"- then `{later['command']}` ({later['env']['date_utc']}, load average "
+            f"{later['env']['loadavg_at_start']}) reran {later['studies']}; the other studies are the first command's")
+    add(f"- started {env['date_utc']}, total wall time of the studies {_min(results['total_s'])} "
         f"(study 1: {_min(results['stage_s'].get('study1', 0))}, study 2: "
         f"{_min(results['stage_s'].get('study2', 0))}, study 3: {_min(results['stage_s'].get('study3', 0))})")
     add(f"- machine: {env['nproc']} cores ({env['cpu']}), numpy {env['numpy']} with {env['blas']}; "
@@ -143,14 +154,14 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
             f = study1_findings(net)
             rows.append([f"batch {s1['large_batch']} at its best rate gets within 1 point of the small batch "
                          f"({net['title']})",
-                         "GoogLeNet/NiN on ImageNet: yes (batch 1024 vs 32/256)",
+                         "yes: GoogLeNet and NiN on ImageNet kept their small-batch accuracy at batch 1024",
                          f"best batch-{s1['large_batch']} rate {f['best_lr']}: {_pct(f['best_acc'])} vs "
                          f"batch {s1['small_batch']}: {_pct(f['baseline_acc'])} (gap "
                          f"{_points(f['gap'])} points)",
                          "**yes**" if f["within_1pt"] else "**no**"])
             rows.append([f"the largest rates stay at chance ({net['title']})",
-                         "yes (rates above the best diverge)",
-                         f"at chance: {', '.join(f'{x:g}' for x in f['at_chance']) or 'none'} "
+                         "expected shape of the paper's sweep",
+                         f"at chance: {_lrs(f['at_chance'], f['diverged']) or 'none'} "
                          f"(largest tried {f['largest_lr']})",
                          "**yes**" if f["largest_at_chance"] else "**no**"])
     s2 = results.get("study2")
@@ -178,30 +189,38 @@ def _summary_rows(results: dict[str, Any]) -> list[list[str]]:
                 rows.append([f"Eq. 3/4 predict the communication time ({s2['titles'].get(net, net)})",
                              "model, not measured in the paper",
                              f"p = {pmax}: tree measured/Eq. 4 = {r['tree_vs_eq4']:.2f}; PS measured/Eq. 3 = "
-                             f"{r['ps_vs_eq3']:.2f}, measured/(2(p-1)|W|/BW) = {r['ps_vs_both_ways']:.2f}",
+                             f"{r['ps_vs_eq3']:.2f}, measured/(2(p-1)·W/BW) = {r['ps_vs_both_ways']:.2f}",
                              ("**tree: yes; PS: no**, its root sends and receives" if ok and r["ps_vs_eq3"] > 1.3
                               else "**yes**" if ok else "**no**")])
     if s2 and s2.get("extrapolation"):
         for net, e in s2["extrapolation"]["nets"].items():
-            for row in e["rows"]:
-                if row["paper_speedup"] and row["interconnect"] == e["rows"][0]["interconnect"]:
-                    rows.append([f"{s2['titles'].get(net, net)} on {row['p']} GPUs speeds up "
-                                 f"{row['paper_speedup']:g}x (batch 1024, reduction tree)",
-                                 f"{row['paper_speedup']:g}x (*paper*)",
-                                 f"model with compute measured here: {_x(row['tree_speedup'])}; the paper's "
-                                 f"figure needs {row['implied_batch_s']:.2f} s of single-GPU compute per batch "
-                                 f"of 1024 (here: {row['batch_s_here']:.0f} s on the CPU)"
-                                 if row["implied_batch_s"] else
-                                 f"model with compute measured here: {_x(row['tree_speedup'])}",
-                                 "consistent (model)" if row["implied_batch_s"] else "n/a"])
+            ic0 = e["rows"][0]["interconnect"] if e["rows"] else ""
+            pts = [r for r in e["rows"] if r["interconnect"] == ic0 and r["paper_speedup"]]
+            if not pts:
+                continue
+            title = s2["titles"].get(net, net)
+            here = ", ".join(f"{_x(r['tree_speedup'])} at {r['p']}" for r in pts)
+            paper = ", ".join(f"{r['paper_speedup']:g}x on {r['p']}" for r in pts)
+            implied = [r["implied_batch_s"] for r in pts if r["implied_batch_s"]]
+            imp_txt = " and ".join(f"{t:.2f} s" for t in implied)
+            consistent = len(implied) >= 2 and max(implied) / min(implied) <= 1.5
+            verdict = ("**consistent**: one compute time explains all the reported speedups" if consistent
+                       else "**not consistent**: no single compute time gives all the reported speedups"
+                       if len(implied) >= 2 else "n/a")
+            rows.append([f"near-linear speedup of {title} to 32-128 GPUs (batch 1024, tree, {ic0.split(' (')[0]})",
+                         f"{paper} (*paper*)",
+                         f"Eq. 4 with the CPU compute measured here ({e['batch_s_here']:.0f} s per batch): {here}. "
+                         f"The paper's figures imply {imp_txt} of single-GPU compute per batch of 1024",
+                         verdict])
     s3 = results.get("study3")
-    if s3 and s3.get("runs"):
-        last = s3["runs"][-1]
-        rows.append([f"more workers train faster (measured, {s3['net']})",
-                     "near-linear on GPU clusters",
-                     f"{last['workers']} workers: {_x(last.get('speedup'), 2)} over 1 (all hosts share "
-                     f"{results['env']['nproc']} cores)",
-                     "**not testable here**: the hosts share two cores"])
+    if s3 and s3.get("nets"):
+        for key, e in s3["nets"].items():
+            rows.append([f"more workers train faster (measured, {e.get('title', key)})",
+                         "near-linear on GPU clusters",
+                         ", ".join(f"{r['workers']} workers: {_x(r.get('speedup'), 2)}" for r in e["runs"][1:]) +
+                         f" over 1; all-reduce {_share(e['runs'][-1])} of the loop at {e['runs'][-1]['workers']} "
+                         f"workers (all hosts share {results['env']['nproc']} cores)",
+                         "**not testable here** beyond 2 workers: the hosts share two cores"])
     return rows
 
 
@@ -214,13 +233,15 @@ def _study1(results: dict[str, Any], add, fig) -> None:
     add(f"Data: the quickstart's Fashion-MNIST LMDBs (`fc-caffe convert_mnist_data` of Debian's "
         f"`dataset-fashion-mnist`); training on the first {s1['train_images']} of the 60,000 training "
         f"images, test top-1 on the first {s1['test_images']} of the 10,000 test images (Caffe's Data "
-        f"layer reads them in key order; no shuffling). Every setting trains **{s1['epochs']} epochs** of "
+        f"layer reads them in key order; no shuffling). Every setting trains **{s1['epochs']} "
+        f"epoch{'s' if s1['epochs'] != 1 else ''}** of "
         f"that subset from the same seed (random_seed 1701): the small batch "
         f"({s1['small_batch']}, one worker) and the large batch ({s1['large_batch']} = {s1['workers']} "
         f"workers x {s1['large_batch'] // s1['workers']} through the reduction tree, `fc-caffe train "
         f"--gpus {s1['workers']} --sync tree`), so the large batch makes "
         f"{s1['small_batch'] and s1['large_batch'] // s1['small_batch']}x fewer updates. "
-        f"Momentum, weight decay and the policy's other settings are the recipe's. Warm-up (fc-caffe's "
+        f"Momentum, weight decay and the policy's other settings are the recipe's; every process runs one "
+        f"BLAS thread. Warm-up (fc-caffe's "
         f"`warmup_iter`/`warmup_start_lr_ratio`, SolverParameter fields 1000/1001) ramps linearly from "
         f"base_lr x {s1['warmup_start_ratio']:g} over {s1['warmup_epochs']:g} epoch(s); poly is Caffe's "
         f"`poly` with power {s1['poly_power']:g}, as the paper used for GoogLeNet.")
@@ -232,7 +253,8 @@ def _study1(results: dict[str, Any], add, fig) -> None:
         add(f"Recipe `{net['solver']}` (`{net['train_val']}`): baseline batch {s1['small_batch']}, base_lr "
             f"{f['baseline_lr']:g}, `{net['policy']}` policy. {net.get('notes', '')}")
         add("")
-        add("| setting | workers | iterations | policy | final test top-1 | vs. batch 64 | wall time |")
+        add(f"| setting | workers | iterations | policy | final test top-1 | vs. batch {s1['small_batch']} (points) "
+            f"| wall time |")
         add("|---|---|---|---|---|---|---|")
         for r in net["runs"]:
             sp = r["spec"]
@@ -240,10 +262,13 @@ def _study1(results: dict[str, Any], add, fig) -> None:
             delta = "" if acc is None or f["baseline_acc"] is None or sp["kind"] == "baseline" else \
                 f"{100 * (acc - f['baseline_acc']):+.2f}"
             pol = sp["lr_policy"] + (f" + warm-up {sp['warmup_iter']} it" if sp.get("warmup_iter") else "")
-            note = " (at chance)" if sp["kind"] != "baseline" and _at_chance(r) else ""
+            if r.get("diverged_at") is not None:
+                cell = f"diverged: loss NaN at iteration {r['diverged_at']} (chance)"
+            else:
+                cell = _pct(acc) + (" (at chance)" if _at_chance(r) else "")
             err = f" — {r['error']}" if r.get("error") else ""
             add(f"| batch {sp['batch']}, lr {sp['base_lr']:g} | {sp['workers']} | {sp['max_iter']} | {pol} | "
-                f"{_pct(acc)}{note}{err} | {delta} | {r['wall_s']:.0f} s |")
+                f"{cell}{err} | {delta} | {r['wall_s']:.0f} s |")
         add("")
         msg = []
         if f["best_acc"] is not None and f["baseline_acc"] is not None:
@@ -253,12 +278,12 @@ def _study1(results: dict[str, Any], add, fig) -> None:
                        f"({_pct(f['baseline_acc'])}): the paper's 'within one point' "
                        f"{'holds' if f['within_1pt'] else 'does not hold'} at this budget.")
         if f["at_chance"]:
-            msg.append(f"Rates {', '.join(f'{x:g}' for x in f['at_chance'])} end at chance (10%).")
+            msg.append(f"Rates {_lrs(f['at_chance'], f['diverged'])} end at chance (10%).")
         else:
             msg.append("No rate of the sweep ends at chance.")
         if f["rescued_by_warmup"]:
             msg.append(f"Warm-up rescues {', '.join(f'{x:g}' for x in f['rescued_by_warmup'])}.")
-        elif f["at_chance"] and any(lr in f["at_chance"] for lr in net.get("extra_lrs", [])):
+        elif f["at_chance"] and any(lr in f["at_chance"] for lr in net.get("warmup_lrs", [])):
             msg.append("Warm-up does not rescue the rates that end at chance.")
         if f["warmup_best"]:
             msg.append(f"Best with warm-up: lr {f['warmup_best'][0]:g}, {_pct(f['warmup_best'][1])}.")
@@ -273,13 +298,11 @@ def _study1(results: dict[str, Any], add, fig) -> None:
     add("```")
     seen = set()
     for net in s1["nets"].values():
-        for r in net["runs"]:
-            c = r["spec"].get("command", "")
-            kind = "x".join(str(r["spec"][k]) for k in ("workers",))
-            if (kind, r["spec"]["net"]) in seen:
-                continue
-            seen.add((kind, r["spec"]["net"]))
-            add(c)
+        for r in net["runs"]:  # one example per net and worker count
+            key = (r["spec"]["net"], r["spec"]["workers"])
+            if key not in seen:
+                seen.add(key)
+                add(r["spec"].get("command", ""))
     add("```")
     add("")
 
@@ -292,7 +315,7 @@ def _study2(results: dict[str, Any], add, fig) -> None:
     add("")
     meas = s2.get("measured")
     sizes = s2["sizes"]
-    add("|W| from fc-caffe's comm model (`pycaffe_fc.parallel.comm_model.net_sizes`, as `fc-caffe "
+    add("The gradient size |W| from fc-caffe's comm model (`pycaffe_fc.parallel.comm_model.net_sizes`, as `fc-caffe "
         "comm-model` prints it) on the published prototxts:")
     add("")
     add("| net | conv/fc weights (Eq. 1) | every learnable parameter (what is all-reduced) |")
@@ -352,6 +375,11 @@ def _study2(results: dict[str, Any], add, fig) -> None:
         for ic in s2["interconnects"]:
             add(f"- {ic['name']}: {ic['bytes_per_s'] / 1e9:.2f} GB/s — source: {ic['source']}.")
         add("")
+        sources = sorted({(pt["gpus"], pt["speedup"], s2["titles"].get(net, net), pt["source"])
+                          for net, e in ext["nets"].items() for pt in e["paper"]})
+        add("The paper's reported speedups: " + "; ".join(f"{t} {s:g}x on {g} GPUs ({src})"
+                                                           for g, s, t, src in sources) + ".")
+        add("")
         add(f"Compute per batch of {ext['global_batch']} *measured here*: fc-caffe's forward+backward "
             f"(`force_backward`, `pycaffe_fc.timing.time_net`) of the ImageNet deploy nets on this CPU "
             f"(BVLC Caffe's own timing of the same nets on a machine like this one is in "
@@ -408,6 +436,12 @@ def _model_discussion(s2: dict[str, Any]) -> str:
             "large messages) also stays near 2·|W|/BW. Ratios at the largest p: " + "; ".join(parts) + ".")
 
 
+def _share(r: dict[str, Any]) -> str:
+    if r.get("comm_s") is None or not r.get("loop_s"):
+        return "n/a"
+    return f"{100 * r['comm_s'] / r['loop_s']:.1f}%"
+
+
 def _study3(results: dict[str, Any], add, fig) -> None:
     s3 = results.get("study3")
     if not s3:
@@ -417,25 +451,32 @@ def _study3(results: dict[str, Any], add, fig) -> None:
     if s3.get("skipped"):
         add(f"Skipped: {s3['skipped']}.")
         add("")
+    nets = s3.get("nets") or {}
+    if not nets:
         return
-    where = (f"on the virtual cluster ({s3['rate']} links, one host per worker)" if s3["vcluster"]
+    e0 = next(iter(nets.values()))
+    where = (f"on the virtual cluster ({e0['rate']} links, one host per worker)" if e0["vcluster"]
              else "with local mpiexec (no virtual cluster)")
-    add(f"`fc-caffe train --sync tree` of {s3['net']} with a global batch of {s3['batch']}, "
-        f"{s3['iters']} iterations ({s3['iters'] * s3['batch']} samples) {where}, fixed rate, no test. "
-        f"**All hosts share this machine's {results['env']['nproc']} cores**: one worker already uses both "
-        f"(OpenBLAS threads), so more workers split the same two cores and the compute cannot speed up; "
-        f"what this measures is the overhead the data-parallel machinery adds (communication, extra "
-        f"processes), not the scaling of a real cluster.")
+    add(f"`fc-caffe train --sync tree` with a global batch of {e0['batch']}, {e0['iters']} iterations "
+        f"({e0['iters'] * e0['batch']} samples) {where}, fixed rate, no test. "
+        f"**All hosts share this machine's {results['env']['nproc']} cores.** Every worker process runs "
+        f"one BLAS thread (OPENBLAS_NUM_THREADS=1, as in study 1), so one worker uses one core, two "
+        f"workers can use both, and four workers oversubscribe them: beyond two workers the compute "
+        f"cannot speed up, and what the 4-worker run shows is the overhead of the data-parallel "
+        f"machinery (communication, more processes), not the scaling of a real cluster.")
     add("")
-    add("| workers | training loop | with start-up | speedup (loop) | gradient sync | sync share |")
-    add("|---|---|---|---|---|---|")
-    for r in s3["runs"]:
-        share = "n/a" if r.get("comm_s") is None else f"{100 * r['comm_s'] / r['loop_s']:.1f}%"
-        sync = "n/a" if r.get("comm_s") is None else f"{r['comm_s']:.2f} s"
-        add(f"| {r['workers']} | {r['loop_s']:.1f} s | {r['wall_s']:.1f} s | {_x(r.get('speedup'), 2)} | {sync} | {share} |")
+    add("| net | workers | bytes all-reduced | training loop | with start-up | speedup (loop) | all-reduce time | share |")
+    add("|---|---|---|---|---|---|---|---|")
+    for key, e in nets.items():
+        for r in e["runs"]:
+            sync = "n/a" if r.get("comm_s") is None else f"{r['comm_s']:.2f} s"
+            nbytes = "" if not r.get("bytes") else f"{r['bytes'] / 1e6:.2f} MB"
+            add(f"| {e.get('title', key)} | {r['workers']} | {nbytes} | {r['loop_s']:.1f} s | {r['wall_s']:.1f} s | "
+                f"{_x(r.get('speedup'), 2)} | {sync} | {_share(r)} |")
     add("")
     add("The loop time comes from the log's timestamps (first to last iteration, scaled to all "
-        "iterations); the sync time is what the trainer logged for the all-reduces on rank 0.")
+        "iterations); the all-reduce time is what the trainer logged for the training thread on rank 0 "
+        "(`Gradient all-reduce (...): X ms per iteration`), which overlaps the backward pass.")
     add("")
     fig("speedup.png", "measured speedup")
 

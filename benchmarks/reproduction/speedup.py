@@ -23,8 +23,7 @@ def measure(root: str, shared: str, work_dir: str, mode: Mode, recipe: NetRecipe
     samples; returns the per-run times and the speedups over one worker."""
     use_vc = mode.use_vcluster
     if use_vc:
-        commbench.vcluster(shared, "down")
-        log(f"  {commbench.vcluster(shared, 'up', str(max(mode.speedup_workers)), mode.speedup_rate)}")
+        commbench.take_vcluster(shared, max(mode.speedup_workers), mode.speedup_rate, log=log)
     runs = []
     for p in mode.speedup_workers:
         spec = training.RunSpec(
@@ -51,7 +50,7 @@ def measure(root: str, shared: str, work_dir: str, mode: Mode, recipe: NetRecipe
                      "samples": mode.speedup_iters * mode.speedup_batch, "log": log_path,
                      "command": training._rel_cmd(root, cmd)})
         share = "" if comm_s is None or not loop_s else f", communication {100 * comm_s / loop_s:.0f}%"
-        log(f"    {p} worker(s): {loop_s:.1f} s training loop, {wall:.1f} s with start-up{share}")
+        log(f"    {recipe.key}, {p} worker(s): {loop_s:.1f} s training loop, {wall:.1f} s with start-up{share}")
     if use_vc:
         commbench.vcluster(shared, "down")
     base = runs[0]["loop_s"]

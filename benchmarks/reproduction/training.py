@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -57,18 +58,20 @@ class RunResult:
     test: list[dict[str, float]] = field(default_factory=list)    # NumIters, Seconds, accuracy, loss
     final_accuracy: float | None = None
     final_test_iter: int | None = None
-    diverged: bool = False
+    diverged_at: int | None = None   # fc-caffe's solver stops at a non-finite loss
+    at_chance: bool = False          # diverged, or ended within 2 points of chance
     error: str = ""
 
 
 # -- planning ------------------------------------------------------------------------------------
 def iterations(mode: Mode, batch: int) -> tuple[int, int]:
-    """(max_iter, test_interval) for ``mode.epochs`` over the subset at ``batch``: max_iter is a
-    multiple of test_interval, so Caffe's solver tests after the last update too."""
+    """(max_iter, test_interval) for ``mode.epochs`` over the subset at ``batch`` (to the nearest
+    test interval): max_iter is a multiple of test_interval, so Caffe's solver tests after the
+    last update too."""
     # at least two test points: Caffe's parse_log.py drops the only row of a one-row table
-    total = max(2, math.ceil(mode.epochs * mode.train_images / batch))
+    total = max(2, round(mode.epochs * mode.train_images / batch))
     tests = max(2, min(mode.tests_per_run, total))
-    interval = max(1, math.ceil(total / tests))
+    interval = max(1, round(total / tests))
     return interval * tests, interval
 
 
@@ -86,10 +89,10 @@ def plan(mode: Mode, recipe: NetRecipe, baseline_lr: float, baseline_policy: str
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}", recipe.key, "sweep",
                             mode.large_batch, w, lr, baseline_policy, it, ti, test_iter))
     warm = max(1, round(mode.warmup_epochs * mode.train_images / mode.large_batch))
-    for lr in recipe.extra_lrs:
+    for lr in recipe.poly_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_poly", recipe.key, "poly",
                             mode.large_batch, w, lr, "poly", it, ti, test_iter, power=mode.poly_power))
-    for lr in recipe.extra_lrs:
+    for lr in recipe.warmup_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_warmup", recipe.key, "warmup",
                             mode.large_batch, w, lr, baseline_policy, it, ti, test_iter,
                             warmup_iter=min(warm, it), warmup_start_lr_ratio=mode.warmup_start_ratio))
@@ -224,14 +227,29 @@ def execute(root: str, work_dir: str, recipe: NetRecipe, spec: RunSpec, train_so
     if finals:
         res.final_accuracy = float(finals[-1]["accuracy"])
         res.final_test_iter = spec.max_iter
-    losses = [r.get("loss") for r in res.train]
-    res.diverged = any(v is not None and not math.isfinite(v) for v in losses) or (
+    res.diverged_at = diverged_iteration(log_path)
+    res.at_chance = res.diverged_at is not None or (
         res.final_accuracy is not None and res.final_accuracy <= CHANCE + 0.02)
-    if rc != 0 and not res.error:
+    if rc != 0 and not res.error and res.diverged_at is None:
         res.error = f"exit {rc}: " + _tail(log_path)
-    acc = "n/a" if res.final_accuracy is None else f"{res.final_accuracy:.4f}"
+    acc = (f"diverged at iteration {res.diverged_at}" if res.diverged_at is not None else
+           "n/a" if res.final_accuracy is None else f"{res.final_accuracy:.4f}")
     log(f"    top-1 {acc} in {wall:.0f} s" + (f"  [{res.error}]" if res.error else ""))
     return res
+
+
+_DIVERGED = re.compile(r"Iteration (\d+): the training loss is (?:nan|-?inf)")
+
+
+def diverged_iteration(log_path: str) -> int | None:
+    """The iteration at which fc-caffe's solver stopped on a non-finite loss (BVLC Caffe would
+    go on with NaN weights, i.e. at chance), or None."""
+    try:
+        with open(log_path, errors="replace") as f:
+            m = _DIVERGED.search(f.read())
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
 
 
 def _rel_cmd(root: str, cmd: list[str]) -> str:

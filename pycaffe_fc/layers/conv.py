@@ -21,8 +21,11 @@ from ..fillers import fill
 from ..im2col import col2im, conv_out_size, deconv_out_size, im2col, workspace
 from .base import Layer, register
 
-#: per-image GEMMs pay off once each image's output has at least this many positions
+#: per-image GEMMs (no layout copies) pay off once each is big: at least this many output
+#: positions per image and this many multiply-adds per image and group; below, one GEMM for the
+#: whole batch plus a transposing copy is faster than N thin ones
 PER_IMAGE_MIN_POSITIONS = 512
+PER_IMAGE_MIN_MACS = 1 << 22
 
 
 @dataclass
@@ -117,7 +120,8 @@ class _ConvGemm:
         self.k = geom.kernel_dim
         self.cg, self.og = channels // group, num_output // group
         self.ckg = self.cg * self.k
-        self.per_image = self.p >= PER_IMAGE_MIN_POSITIONS
+        self.per_image = (self.p >= PER_IMAGE_MIN_POSITIONS and
+                          self.og * self.ckg * self.p >= PER_IMAGE_MIN_MACS)
         self.is_1x1 = geom.is_1x1
 
     # column matrix (C*K, N*P) of ``img`` in the 'col' workspace
@@ -158,23 +162,33 @@ class _ConvGemm:
         return dt
 
     def weight_grad(self, col, dout_t, weight_diff) -> None:
-        """weight_diff += dout_t @ col^T, per group (the batch is contracted inside one GEMM)."""
+        """weight_diff += dout_t @ col^T, per group (the batch is contracted inside one GEMM).
+
+        Computed as its transpose col @ dout_t^T: for these long-K products (K = N*P) OpenBLAS is
+        up to several times faster with the wider operand first."""
         G, npos = self.group, self.n * self.p
-        tmp = workspace("wgrad", (G, self.og, self.ckg), self.xp)
-        self.xp.matmul(dout_t.reshape(G, self.og, npos), col.reshape(G, self.ckg, npos).swapaxes(1, 2), out=tmp)
-        weight_diff += tmp.reshape(weight_diff.shape)
+        tmp = workspace("wgrad", (G, self.ckg, self.og), self.xp)
+        self.xp.matmul(col.reshape(G, self.ckg, npos), dout_t.reshape(G, self.og, npos).swapaxes(1, 2), out=tmp)
+        weight_diff += tmp.swapaxes(1, 2).reshape(weight_diff.shape)
 
     def data_grad(self, dout, dout_t, weight, img_diff) -> None:
-        """img_diff = conv^T(dout): the GEMM into column space, then col2im (overwrites)."""
+        """img_diff = conv^T(dout): the GEMM into column space, then col2im (overwrites).
+        With ``dout_t`` (dout as an (O, N*P) matrix, already made for the weight gradient) this is
+        one GEMM for the batch; otherwise per-image GEMMs when they are big enough."""
         xp, n, p, G = self.xp, self.n, self.p, self.group
         wt = self._w(weight).swapaxes(1, 2)  # (G, CgK, Og)
-        if self.per_image and dout is not None:
+        nsp = self.g.num_spatial_axes
+        if self.per_image and self.is_1x1:
+            xp.matmul(wt, dout.reshape(n, G, self.og, p), out=img_diff.reshape(n, G, self.cg, p))
+            return
+        if self.per_image and dout_t is None:
             d4 = dout.reshape(n, G, self.og, p)
-            if self.is_1x1:
-                xp.matmul(wt, d4, out=img_diff.reshape(n, G, self.cg, p))
-                return
-            col = workspace("col", (self.c * self.k, n * p), xp)
-            xp.matmul(wt, d4, out=col.reshape(G, self.ckg, n, p).transpose(2, 0, 1, 3))
+            # per-image columns (N, C*K, P), written contiguously (a strided ``out`` would make
+            # matmul allocate and copy a whole temporary), read by col2im in (C, *k, N, *out) order
+            col = workspace("col", (n, G, self.ckg, p), xp)
+            xp.matmul(wt, d4, out=col)
+            order = (1,) + tuple(range(2, 2 + nsp)) + (0,) + tuple(range(2 + nsp, 2 + 2 * nsp))
+            cols = col.reshape((n, self.c) + self.g.kernel + self.out_sp).transpose(order)
         else:
             if dout_t is None:
                 dout_t = self.transposed_out(dout)
@@ -183,8 +197,8 @@ class _ConvGemm:
             if self.is_1x1:
                 xp.copyto(img_diff.reshape(n, self.c, p), col.reshape(self.c, n, p).swapaxes(0, 1))
                 return
-        col2im(col.reshape((self.c,) + self.g.kernel + (n,) + self.out_sp), self.g.kernel, self.g.stride,
-               self.g.pad, self.g.dilation, self.in_sp, img_diff)
+            cols = col.reshape((self.c,) + self.g.kernel + (n,) + self.out_sp)
+        col2im(cols, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.in_sp, img_diff)
 
     def bias_grad(self, dout, dout_t, bias_diff) -> None:
         """bias_diff += the sum of dout over the batch and positions (Caffe: a GEMV with ones;

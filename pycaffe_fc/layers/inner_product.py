@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import CaffeError
 from ..fillers import fill
+from ..im2col import scatter_add
 from .base import Layer, register
 
 
@@ -65,11 +66,10 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.m, self.num_output)
         x = bottom[0].data.reshape(self.m, self.k)
         if self.param_propagate_down[0]:
+            # (K, N) = x^T dy either way; the non-transposed weight takes it transposed
+            g = x.T @ dy
             dw = self.blobs[0].diff
-            if self.transpose:
-                dw += x.T @ dy
-            else:
-                dw += dy.T @ x
+            dw += g if self.transpose else g.T
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
@@ -130,15 +130,6 @@ class EmbedLayer(Layer):
         dy = top[0].diff.reshape(-1, self.num_output)
         if self.param_propagate_down[0]:
             idx = self._indices(bottom)
-            _scatter_add(self.xp, self.blobs[0].diff, idx, dy)
+            scatter_add(self.xp, self.blobs[0].diff, idx, dy)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff[...] += dy.sum(axis=0)
-
-
-def _scatter_add(xp, target, idx, rows) -> None:
-    """target[idx[i]] += rows[i], summing repeated indices (np.add.at; cupyx.scatter_add)."""
-    if xp is np:
-        np.add.at(target, idx, rows)
-    else:  # pragma: no cover - GPU only
-        import cupyx
-        cupyx.scatter_add(target, idx, rows)

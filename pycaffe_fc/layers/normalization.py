@@ -4,14 +4,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CaffeError
+from ..im2col import workspace
 from .base import TEST, Layer, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
 
 
-def _window_sum(xp, src, out, half: int, axis: int) -> None:
-    """out = sum of src over the window [i-half, i+half] along ``axis``, zero outside."""
-    xp.copyto(out, src)
+def _window_sum(xp, src, out, half: int, axis: int, base: float = 0.0) -> None:
+    """out = base + the sum of src over the window [i-half, i+half] along ``axis`` (zero outside)."""
+    if base:
+        xp.add(src, np.float32(base), out=out)
+    else:
+        xp.copyto(out, src)
     n = src.shape[axis]
     for d in range(1, min(half, n - 1) + 1):
         lo = [slice(None)] * src.ndim
@@ -22,23 +26,14 @@ def _window_sum(xp, src, out, half: int, axis: int) -> None:
         out[lo] += src[hi]
 
 
-def _neg_power(xp, base, beta: float, out) -> None:
-    """out = base ** -beta; the usual beta = 0.75 through square roots (much cheaper than pow)."""
-    if beta == 0.75:
-        xp.sqrt(base, out=out)
-        r = xp.sqrt(out)
-        out *= r
-        xp.reciprocal(out, out=out)
-    else:
-        xp.power(base, np.float32(-beta), out=out)
-
-
 @register("LRN")
 class LRNLayer(Layer):
     """LRNLayer. ACROSS_CHANNELS: scale = k + alpha/n * sum over n neighbouring channels of x^2;
     WITHIN_CHANNEL: scale = 1 + alpha/n^2 * sum over the n x n spatial window of x^2 (Caffe builds
     it from AVE pooling whose divisor always counts n^2, and a Power layer with shift 1, so k is
-    unused). In both, top = x * scale^-beta."""
+    unused). In both, top = x * scale^-beta, and
+    bottom_diff = top_diff * scale^-beta - 2*alpha*beta/n' * x * window_sum(top_diff * top / scale)
+    with n' = n or n^2."""
 
     exact_num_bottom = 1
     exact_num_top = 1
@@ -53,6 +48,11 @@ class LRNLayer(Layer):
         self.region = p.norm_region
         if self.region not in (ACROSS_CHANNELS, WITHIN_CHANNEL):
             raise CaffeError(f"layer '{self.name}': unknown normalization region {self.region}")
+        if self.region == ACROSS_CHANNELS:
+            self.window_count, self.base = self.size, self.k
+        else:
+            self.window_count, self.base = self.size * self.size, 1.0
+        self._scale = None
 
     def reshape(self, bottom, top):
         if bottom[0].num_axes != 4:
@@ -60,48 +60,50 @@ class LRNLayer(Layer):
                              f"(num, channels, height, width); got {list(bottom[0].shape)}")
         top[0].reshape(bottom[0].shape)
         shape = bottom[0].shape
-        if getattr(self, "_scale", None) is None or self._scale.shape != shape:
+        if self._scale is None or self._scale.shape != shape:
+            # kept for backward: the scale and scale^beta (Caffe keeps scale_ too)
             self._scale = self.xp.empty(shape, np.float32)
-            self._power = self.xp.empty(shape, np.float32)
+            self._scale_beta = self.xp.empty(shape, np.float32)
 
-    def _window(self, src, out) -> None:
+    def _window(self, src, out, base: float = 0.0) -> None:
         if self.region == ACROSS_CHANNELS:
-            _window_sum(self.xp, src, out, self.pre_pad, 1)
+            _window_sum(self.xp, src, out, self.pre_pad, 1, base)
         else:
-            tmp = self.xp.empty_like(src)
+            tmp = workspace("lrn_rows", src.shape, self.xp)
             _window_sum(self.xp, src, tmp, self.pre_pad, 2)
-            _window_sum(self.xp, tmp, out, self.pre_pad, 3)
+            _window_sum(self.xp, tmp, out, self.pre_pad, 3, base)
 
     def forward(self, bottom, top):
+        # every step is one pass over memory-bound arrays, so the passes are kept few
         xp = self.xp
         x = bottom[0].data
-        scale, power = self._scale, self._power
-        xp.multiply(x, x, out=power)  # power holds x^2 for a moment
-        self._window(power, scale)
-        if self.region == ACROSS_CHANNELS:
-            scale *= np.float32(self.alpha / self.size)
-            scale += np.float32(self.k)
+        scale, sb = self._scale, self._scale_beta
+        xp.multiply(x, x, out=sb)  # sb holds alpha/n' * x^2 for a moment
+        sb *= np.float32(self.alpha / self.window_count)
+        self._window(sb, scale, self.base)
+        if self.beta == 0.75:  # scale^0.75 = sqrt(scale) * sqrt(sqrt(scale)), far cheaper than pow
+            xp.sqrt(scale, out=sb)
+            r = workspace("lrn_root", x.shape, xp)
+            xp.sqrt(sb, out=r)
+            sb *= r
         else:
-            scale /= np.float32(self.size * self.size)
-            scale *= np.float32(self.alpha)
-            scale += np.float32(1.0)
-        _neg_power(xp, scale, self.beta, power)
-        xp.multiply(x, power, out=top[0].data)
+            xp.power(scale, np.float32(self.beta), out=sb)
+        xp.divide(x, sb, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         xp = self.xp
         x, y, dy = bottom[0].data, top[0].data, top[0].diff
-        ratio = dy * y
+        ratio = workspace("lrn_ratio", x.shape, xp)
+        xp.multiply(dy, y, out=ratio)
         ratio /= self._scale
-        acc = xp.empty_like(ratio)
+        acc = workspace("lrn_acc", x.shape, xp)
         self._window(ratio, acc)
-        n = self.size if self.region == ACROSS_CHANNELS else self.size * self.size
         acc *= x
-        acc *= np.float32(2.0 * self.alpha * self.beta / n)
+        acc *= np.float32(2.0 * self.alpha * self.beta / self.window_count)
         dx = bottom[0].diff
-        xp.multiply(dy, self._power, out=dx)
+        xp.divide(dy, self._scale_beta, out=dx)
         dx -= acc
 
 

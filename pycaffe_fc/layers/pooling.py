@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
 from ..errors import CaffeError
-from ..im2col import _cached_offsets, workspace
+from ..im2col import _cached_offsets, scatter_add, workspace
 from ..rng import get_rng
 from .base import TRAIN, Layer, register
 
@@ -86,58 +85,68 @@ def _view(x, isl):
 
 
 class WideLayout:
-    """Every window offset of a pooling as ONE long strided row per (image, channel) plane.
+    """Every window offset of a pooling as ONE long unit-stride row per (image, channel) plane.
 
-    With the plane padded to Hp x Wp (so no window leaves it) and Wq = sh*Wp/sw, output (oy, ox)
-    sits at q = oy*Wq + ox of a "wide" row and reads padded pixel sw*q + i*Wp + j for kernel offset
-    (i, j). So each offset is a single (N*C, L) strided view, L = (oh-1)*Wq + ow, and every step of
-    the offset loop is one long-row ufunc call (numpy's per-row cost on short rows is what would
-    otherwise dominate); positions with ox >= ow are scratch, never copied out.
+    The input is padded (so no window leaves it) and split into its stride phases: phase (a, b)
+    holds the padded pixels (y, x) with y % sh == a, x % sw == b, a Hph x Wph plane. Kernel offset
+    (i, j) then reads, for output (oy, ox) at q = oy*Wph + ox of a plane, the phase (i % sh, j % sw)
+    pixel q + (i // sh)*Wph + j // sw. With all N*C planes laid end to end, each offset is one
+    contiguous slice, so each step of the offset loop is a single long unit-stride ufunc call
+    (numpy is several times slower on strided or short rows); positions other than oy < oh,
+    ox < ow are scratch and never copied out.
     """
 
     def __init__(self, geom: PoolGeometry, n: int, c: int) -> None:
         (h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = geom.in_hw, geom.kernel, geom.stride, geom.pad, geom.out_hw
         self.nc, self.h, self.w = n * c, h, w
-        self.ph, self.pw, self.oh, self.ow = ph, pw, oh, ow
-        self.hp = max(h + ph, sh * (oh - 1) + kh)
+        self.sh, self.sw, self.ph, self.pw, self.oh, self.ow = sh, sw, ph, pw, oh, ow
+        hp = max(h + ph, sh * (oh - 1) + kh)
         wp = max(w + pw, sw * (ow - 1) + kw)
-        while (sh * wp) % sw:
-            wp += 1
-        self.wp = wp
-        self.wq = sh * wp // sw
-        self.sw = sw
-        self.length = (oh - 1) * self.wq + ow
-        self.plane = self.hp * self.wp
-        self.shifts = [i * wp + j for i in range(kh) for j in range(kw)]
-        # the input itself serves as the padded plane when nothing pads it
-        self.direct = self.hp == h and self.wp == w and ph == 0 and pw == 0
+        self.hph, self.wph = -(-hp // sh), -(-wp // sw)
+        self.plane = self.hph * self.wph
+        self.offsets = [((i % sh) * sw + j % sw, (i // sh) * self.wph + j // sw)
+                        for i in range(kh) for j in range(kw)]
+        # the planes of all images and channels form one row: outputs sit at q = plane index *
+        # Hph*Wph + oy*Wph + ox, and every offset reads q + its shift, so each view is one slice
+        self.size = self.nc * self.plane
+        self.length = self.size - max(shift for _, shift in self.offsets)
+        # the input itself is the (single) phase plane when nothing pads or strides it
+        self.direct = sh == 1 and sw == 1 and self.hph == h and self.wph == w
+        self.phases = []
+        for a in range(sh):
+            for b in range(sw):
+                y0, x0 = (a - ph) % sh, (b - pw) % sw
+                if y0 < h and x0 < w:
+                    ny, nx = len(range(y0, h, sh)), len(range(x0, w, sw))
+                    self.phases.append((a * sw + b, y0, x0, (y0 + ph) // sh, (x0 + pw) // sw, ny, nx))
 
     def padded(self, xp, x, fill: float, slot: str):
-        """x (N, C, H, W) inside a (N*C, Hp*Wp) plane filled with ``fill`` around it."""
+        """x (N, C, H, W) split into its padded stride phases, a (sh*sw, N*C, Hph*Wph) buffer."""
         if self.direct:
-            return x.reshape(self.nc, self.plane)
-        buf = workspace(slot, (self.nc, self.plane), xp)
-        b3 = buf.reshape(self.nc, self.hp, self.wp)
-        b3[...] = fill  # only the border needs it, but one contiguous fill is cheap
-        b3[:, self.ph:self.ph + self.h, self.pw:self.pw + self.w] = x.reshape(self.nc, self.h, self.w)
+            return x.reshape(1, self.nc, self.plane)
+        buf = workspace(slot, (self.sh * self.sw, self.nc, self.plane), xp)
+        buf[...] = fill
+        b5 = buf.reshape(-1, self.nc, self.hph, self.wph)
+        x3 = x.reshape(self.nc, self.h, self.w)
+        for p, y0, x0, r0, c0, ny, nx in self.phases:
+            b5[p, :, r0:r0 + ny, c0:c0 + nx] = x3[:, y0::self.sh, x0::self.sw]
         return buf
 
-    def view(self, xp, plane_buf, k: int):
-        """The (N*C, L) strided view of kernel offset k into a padded (N*C, Hp*Wp) buffer."""
-        it = plane_buf.itemsize
-        return xp.lib.stride_tricks.as_strided(plane_buf.reshape(-1)[self.shifts[k]:],
-                                               shape=(self.nc, self.length),
-                                               strides=(self.plane * it, self.sw * it))
+    def unpad(self, buf, out) -> None:
+        """The inverse of ``padded``: out (N, C, H, W) = the image pixels of the phase buffer."""
+        b5 = buf.reshape(-1, self.nc, self.hph, self.wph)
+        o3 = out.reshape(self.nc, self.h, self.w)
+        for p, y0, x0, r0, c0, ny, nx in self.phases:
+            o3[:, y0::self.sh, x0::self.sw] = b5[p, :, r0:r0 + ny, c0:c0 + nx]
+
+    def view(self, buf, k: int):
+        """The wide row of kernel offset k: a slice of one phase of the buffer."""
+        phase, shift = self.offsets[k]
+        return buf[phase].reshape(-1)[shift:shift + self.length]
 
     def valid(self, wide):
-        """The (N*C, oh, ow) outputs inside a C-contiguous (N*C, L) wide array."""
-        xp = get_array_module(wide)
-        return xp.lib.stride_tricks.as_strided(wide, shape=(self.nc, self.oh, self.ow),
-                                               strides=(wide.strides[0], self.wq * wide.itemsize, wide.itemsize))
-
-    def interior(self, plane_buf):
-        """The (N*C, H, W) image inside a padded plane buffer."""
-        return plane_buf.reshape(self.nc, self.hp, self.wp)[:, self.ph:self.ph + self.h, self.pw:self.pw + self.w]
+        """The (N*C, oh, ow) outputs inside a wide array of N*C*Hph*Wph entries."""
+        return wide.reshape(self.nc, self.hph, self.wph)[:, :self.oh, :self.ow]
 
 
 class PoolingKernel:
@@ -150,6 +159,7 @@ class PoolingKernel:
         self.argmax_is_plane = False
         self.rand_idx = None    # STOCHASTIC (TRAIN): in-plane index of the sampled pixel
         self._divisor = None
+        self._tables = None
         self.wide = WideLayout(geom, shape[0], shape[1])
 
     # -- MAX --------------------------------------------------------------------------------
@@ -164,60 +174,68 @@ class PoolingKernel:
             return
         # outside the image counts as -FLT_MAX, Caffe's initial value: clipped windows ignore it
         xpad = lay.padded(xp, x, -FLT_MAX, "pool_in")
-        nk = len(lay.shifts)
-        m = workspace("pool_wide", (lay.nc, lay.length), xp)
-        xp.copyto(m, lay.view(xp, xpad, 0))
+        nk = len(lay.offsets)
+        wide = workspace("pool_wide", (lay.size,), xp)
+        m = wide[:lay.length]
+        xp.copyto(m, lay.view(xpad, 0))
         for k in range(1, nk):
-            xp.maximum(m, lay.view(xp, xpad, k), out=m)
+            xp.maximum(m, lay.view(xpad, k), out=m)
         # the first maximum in scan order: walk the offsets backwards, the earliest equal one wins
         dt = np.uint8 if nk < 256 else (np.int16 if nk < 32768 else np.int32)
-        idx = self.argmax if (self.argmax is not None and not self.argmax_is_plane and
-                              self.argmax.dtype == dt and self.argmax.shape == m.shape) else xp.empty(m.shape, dt)
-        idx[...] = 0
+        idx = self.argmax
+        if idx is None or self.argmax_is_plane or idx.dtype != dt or idx.shape != (lay.size,):
+            idx = xp.zeros((lay.size,), dt)
+        iv = idx[:lay.length]
         eq = workspace("pool_eq", m.shape, xp, np.bool_)
         tmp = workspace("pool_tmp", m.shape, xp, dt)
         for k in range(nk - 1, -1, -1):
-            xp.equal(lay.view(xp, xpad, k), m, out=eq)
-            # idx = eq ? k : idx without a masked copy (slow in numpy): idx -= (idx - k) * eq
-            xp.subtract(idx, dt(k), out=tmp)
+            xp.equal(lay.view(xpad, k), m, out=eq)
+            # iv = eq ? k : iv without a masked copy (slow in numpy): iv -= (iv - k) * eq
+            xp.subtract(iv, dt(k), out=tmp)
             xp.multiply(tmp, eq.view(np.uint8) if dt == np.uint8 else eq, out=tmp, casting="unsafe")
-            xp.subtract(idx, tmp, out=idx)
-        xp.copyto(top.reshape(lay.nc, lay.oh, lay.ow), lay.valid(m))
+            xp.subtract(iv, tmp, out=iv)
+        xp.copyto(top.reshape(lay.nc, lay.oh, lay.ow), lay.valid(wide))
         self.argmax, self.argmax_is_plane = idx, False
 
-    def plane_index(self):
-        """The argmax as Caffe's mask: h*W + w inside the unpadded plane (-1 for empty windows)."""
+    def plane_index(self, flat: bool = False):
+        """The argmax as Caffe's mask: h*W + w inside the unpadded plane, -1 for windows with no
+        pixel of the image; with ``flat`` the index into the whole (N, C, H, W) bottom instead
+        (for routing gradients; empty windows then keep an arbitrary index, see _route)."""
         xp, g = self.xp, self.g
-        n, c = self.shape[:2]
+        n, c, h, w = self.shape
         if self.argmax_is_plane:
-            return self.argmax.reshape(n, c, 1, 1)
-        base = xp.asarray(g.plane_base())
-        table = xp.asarray(g.offset_table())
+            idx = self.argmax.reshape(n, c, 1, 1)
+            if flat:
+                idx = idx + xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
+            return idx
+        if self._tables is None:
+            self._tables = (xp.asarray(g.plane_base()), xp.asarray(g.offset_table()))
+        base, table = self._tables
         k = self.argmax
-        if k.ndim == 2:  # the wide layout of the MAX forward
+        if k.ndim == 1:  # the wide layout of the MAX forward
             k = self.wide.valid(k)
-        plane = (xp.take(table, k.astype(np.intp)) + base).reshape(n, c, *g.out_hw)
-        if g.empty is not None:
+        plane = xp.take(table, k).reshape(n, c, *g.out_hw)  # in-place adds: no more temporaries
+        plane += base
+        if flat:
+            plane += xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
+        elif g.empty is not None:
             plane[..., xp.asarray(g.empty)] = -1
         return plane
 
-    def _route(self, plane, dtop, dbottom) -> None:
-        """dbottom = the sum of dtop over the outputs whose (flat) source is each pixel."""
+    def _route(self, flat, dtop, dbottom) -> None:
+        """dbottom = the sum of dtop over the outputs whose source pixel (flat index) is each pixel."""
         xp = self.xp
-        n, c, h, w = self.shape
-        nc = xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
-        flat = plane.reshape(n, c, *plane.shape[2:]) + nc
         d = dtop
         if self.g.empty is not None and not self.argmax_is_plane:
             keep = ~xp.asarray(self.g.empty)
             flat, d = flat[..., keep], dtop[..., keep]
         flat, d = flat.reshape(-1), d.reshape(-1)
+        dbottom[...] = 0
         if not self.g.overlapping or self.argmax_is_plane:
             # each pixel belongs to at most one window: a plain scatter
-            dbottom[...] = 0
             dbottom.reshape(-1)[flat] = d
         else:
-            dbottom.reshape(-1)[...] = xp.bincount(flat, weights=d, minlength=dbottom.size)
+            scatter_add(xp, dbottom.reshape(-1), flat, d)
 
     # -- AVE --------------------------------------------------------------------------------
     def divisor(self):
@@ -233,11 +251,12 @@ class PoolingKernel:
             xp.divide(s, np.float32(h * w), out=top.reshape(n, c))
             return
         xpad = lay.padded(xp, x, 0.0, "pool_in")
-        acc = workspace("pool_wide", (lay.nc, lay.length), xp)
-        xp.copyto(acc, lay.view(xp, xpad, 0))
-        for k in range(1, len(lay.shifts)):
-            xp.add(acc, lay.view(xp, xpad, k), out=acc)
-        xp.divide(lay.valid(acc).reshape(n, c, lay.oh, lay.ow), self.divisor(), out=top)
+        wide = workspace("pool_wide", (lay.size,), xp)
+        acc = wide[:lay.length]
+        xp.copyto(acc, lay.view(xpad, 0))
+        for k in range(1, len(lay.offsets)):
+            xp.add(acc, lay.view(xpad, k), out=acc)
+        xp.divide(lay.valid(wide).reshape(n, c, lay.oh, lay.ow), self.divisor(), out=top)
 
     def _ave_backward(self, dtop, dbottom) -> None:
         xp, g, lay = self.xp, self.g, self.wide
@@ -245,20 +264,20 @@ class PoolingKernel:
         if g.whole_image:
             dbottom.reshape(n, c, h * w)[...] = (dtop.reshape(n, c) / np.float32(h * w))[:, :, None]
             return
-        d = workspace("pool_wide", (lay.nc, lay.length), xp)
+        d = workspace("pool_wide", (lay.size,), xp)
         d[...] = 0
         xp.divide(dtop, self.divisor(), out=lay.valid(d).reshape(n, c, lay.oh, lay.ow))
+        d = d[:lay.length]
         if lay.direct:
-            grad = dbottom.reshape(lay.nc, lay.plane)
-            grad[...] = 0
+            grad = dbottom.reshape(1, lay.nc, lay.plane)
         else:
-            grad = workspace("pool_grad", (lay.nc, lay.plane), xp)
-            grad[...] = 0
-        for k in range(len(lay.shifts)):
-            v = lay.view(xp, grad, k)
+            grad = workspace("pool_grad", (lay.sh * lay.sw, lay.nc, lay.plane), xp)
+        grad[...] = 0
+        for k in range(len(lay.offsets)):
+            v = lay.view(grad, k)
             xp.add(v, d, out=v)
         if not lay.direct:
-            xp.copyto(dbottom.reshape(lay.nc, h, w), lay.interior(grad))
+            lay.unpad(grad, dbottom)
 
     # -- STOCHASTIC (Caffe has it on the GPU only; same sampling rule here) -------------------
     def _windows(self, x):
@@ -310,13 +329,15 @@ class PoolingKernel:
 
     def backward(self, dtop, dbottom) -> None:
         if self.method == MAX:
-            self._route(self.plane_index(), dtop, dbottom)
+            self._route(self.plane_index(flat=True), dtop, dbottom)
         elif self.method == AVE:
             self._ave_backward(dtop, dbottom)
         else:
             if self.rand_idx is None:
                 raise CaffeError("stochastic pooling backward needs a TRAIN-phase forward first")
-            self._route(self.rand_idx, dtop, dbottom)
+            n, c, h, w = self.shape
+            nc = self.xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
+            self._route(self.rand_idx + nc, dtop, dbottom)
 
 
 def _pool_param_geometry(name: str, pp, bottom_shape):

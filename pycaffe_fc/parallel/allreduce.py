@@ -29,6 +29,14 @@ from .tree import tree_allreduce
 
 SYNC_MODES = ("tree", "ps", "mpi", "pipelined-tree")
 DEFAULT_BUCKET_BYTES = 4 * 1024 * 1024
+MIN_BUCKET_BYTES = 256 * 1024
+
+
+def default_bucket_bytes(total_bytes: int) -> int:
+    """Overlap buckets: about a quarter of the gradients (so that small nets still get a few),
+    within [256 KiB, 4 MiB]: large enough to keep messages efficient, small enough that the
+    first ones leave while most of the backward pass is still to run."""
+    return int(min(DEFAULT_BUCKET_BYTES, max(MIN_BUCKET_BYTES, total_bytes // 4)))
 
 Allreduce = Callable[[np.ndarray, int], None]
 
@@ -262,7 +270,8 @@ class GradientSync:
         injected = allreduce is not None
         self.allreduce = allreduce if injected else make_allreduce(world.comm, mode, segment_bytes)
         if bucket_bytes is None:
-            bucket_bytes = DEFAULT_BUCKET_BYTES if overlap else 1 << 62
+            total = 4 * sum(b.count for b in solver.net.learnable_params)
+            bucket_bytes = default_bucket_bytes(total) if overlap else 1 << 62
         self.buffer = GradientBuffer(solver.net, bucket_bytes)
         self.check_sync = int(check_sync or 0)
         self.iter_size = max(1, int(getattr(getattr(solver, "param", None), "iter_size", 1) or 1))

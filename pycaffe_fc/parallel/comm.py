@@ -83,6 +83,38 @@ def init_world(comm=None) -> World:
     return World(comm=comm, rank=comm.Get_rank(), size=comm.Get_size())
 
 
+# -- waiting ---------------------------------------------------------------------------------
+#: A rank waiting for a message first polls for SPIN_S, then sleeps SLEEP_S between polls: a
+#: blocked MPI call would spin on a core the whole time, taking it from the backward pass that
+#: runs beside the communication thread (and from other ranks sharing the node's cores). The
+#: sleeps cost at most a fraction of a millisecond per message.
+SPIN_S = 0.0005
+SLEEP_S = 0.0002
+
+
+def wait_all(requests: list) -> None:
+    """MPI_Waitall, polling politely."""
+    if not requests:
+        return
+    Request = mpi().Request
+    deadline = time.perf_counter() + SPIN_S
+    while not Request.Testall(requests):
+        if time.perf_counter() > deadline:
+            time.sleep(SLEEP_S)
+
+
+def wait_some(requests: list) -> list[int]:
+    """MPI_Waitsome, polling politely: the indices of the requests that completed."""
+    Request = mpi().Request
+    deadline = time.perf_counter() + SPIN_S
+    while True:
+        done = Request.Testsome(requests)
+        if done is None or len(done):
+            return list(done or [])
+        if time.perf_counter() > deadline:
+            time.sleep(SLEEP_S)
+
+
 # -- devices ---------------------------------------------------------------------------------
 def local_rank(comm) -> int:
     """This rank's index among the ranks on the same node (shared-memory split of the world)."""

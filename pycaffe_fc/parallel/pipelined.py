@@ -148,7 +148,8 @@ class PipelinedTreeAllreduce:
         return s
 
     def __call__(self, buf: np.ndarray, tag: int = 0) -> None:
-        comm, MPI = self.comm, self._MPI
+        from .comm import wait_some
+        comm = self.comm
         p, me = comm.Get_size(), comm.Get_rank()
         if p == 1 or buf.size == 0:
             return
@@ -227,9 +228,7 @@ class PipelinedTreeAllreduce:
         while pending:
             keys = list(pending)
             reqs = [pending[k][0] for k in keys]
-            done = MPI.Request.Waitsome(reqs)
-            if not done:
-                continue
+            done = wait_some(reqs)
             for i in done:
                 _, action, args = pending.pop(keys[i])
                 if action is not None:

@@ -15,18 +15,21 @@ def ps_allreduce(comm, buf: np.ndarray, tmp: np.ndarray | None = None, tag: int 
     rank, p = comm.Get_rank(), comm.Get_size()
     if p == 1:
         return
+    from .comm import wait_all
+    from .tree import message_pieces
+    pieces = message_pieces(buf.size, buf.itemsize)
     if rank != 0:
-        comm.Send(buf, dest=0, tag=tag)
-        comm.Recv(buf, source=0, tag=tag)
+        wait_all([comm.Isend(buf[a:b], dest=0, tag=tag) for a, b in pieces])
+        wait_all([comm.Irecv(buf, source=0, tag=tag)])
         return
     if tmp is None:
         tmp = np.empty_like(buf)
     for r in range(1, p):
-        comm.Recv(tmp, source=r, tag=tag)
-        np.add(buf, tmp, out=buf)
-    reqs = [comm.Isend(buf, dest=r, tag=tag) for r in range(1, p)]
-    from .comm import mpi
-    mpi().Request.Waitall(reqs)
+        reqs = [comm.Irecv(tmp[a:b], source=r, tag=tag) for a, b in pieces]
+        for k, (a, b) in enumerate(pieces):   # add piece k while piece k+1 arrives
+            wait_all([reqs[k]])
+            np.add(buf[a:b], tmp[a:b], out=buf[a:b])
+    wait_all([comm.Isend(buf, dest=r, tag=tag) for r in range(1, p)])
 
 
 def ps_model_seconds(nbytes: float, p: int, bandwidth: float, duplex: bool = False) -> float:
