@@ -51,17 +51,23 @@ def make_images(folder: str, n: int, seed: int = 0, min_side: int = 160, max_sid
     return path
 
 
-def run(folder: str, list_file: str, processes: int, size: int) -> float:
-    """Seconds to convert every image with ``processes`` workers."""
+def _cpu_s() -> float:
+    import resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run(folder: str, list_file: str, processes: int, size: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its workers) to convert every image."""
     import cv2
 
     from pycaffe_fc.data.convert import convert_imageset
     cv2.setNumThreads(1)  # as in the pool's workers: one OpenCV thread per process
     db = os.path.join(folder, f"db_p{processes}_{time.time_ns()}")
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     convert_imageset(folder + "/", list_file, db, resize_height=size, resize_width=size,
                      processes=processes, progress=False)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_s() - c0
 
 
 def main(argv=None) -> int:
@@ -77,11 +83,15 @@ def main(argv=None) -> int:
         lst = make_images(tmp, a.images)
         print(f"generated {a.images} images in {time.perf_counter() - t0:.1f} s")
         run(tmp, lst, max(a.processes), a.size)  # warm the page cache
-        results = {}
+        results, cores_used = {}, {}
+        load = os.getloadavg()[0]
         for p in a.processes:
-            best = min(run(tmp, lst, p, a.size) for _ in range(a.repeats))
-            results[p] = a.images / best
-            print(f"processes={p}: {results[p]:8.1f} images/s ({best:.2f} s)")
+            wall, cpu = min(run(tmp, lst, p, a.size) for _ in range(a.repeats))
+            results[p] = a.images / wall
+            cores_used[p] = cpu / wall
+            print(f"processes={p}: {results[p]:8.1f} images/s ({wall:.2f} s, {cores_used[p]:.2f} cores busy)")
+        print(f"load average of the machine: {load:.2f} before, {os.getloadavg()[0]:.2f} after "
+              f"({os.cpu_count()} cores; other work competing for them lowers the speed-up)")
     base = results.get(1)
     speedups = {p: r / base for p, r in results.items()} if base else {}
     for p, s in speedups.items():
@@ -90,7 +100,7 @@ def main(argv=None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"images": a.images, "size": a.size, "images_per_s": results, "speedup": speedups,
-                       "cpus": os.cpu_count()}, f, indent=1)
+                       "cores_busy": cores_used, "cpus": os.cpu_count(), "loadavg_before": load}, f, indent=1)
     return 0
 
 

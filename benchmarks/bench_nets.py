@@ -6,9 +6,12 @@ this times ``forward`` then ``backward`` with ``force_backward: true`` (so the i
 computed too, as in ``caffe time`` on the ``*_fb`` nets of ../shared/caffe-reference), in TRAIN
 phase as ``caffe time`` builds its net, after one warm-up pass. It counts the nets' FLOPs (a
 multiply-add is 2 FLOPs; Convolution, Deconvolution and InnerProduct forward; backward counted as
-2x forward for the weight and input gradients), prints the achieved GFLOP/s beside numpy's float32
-GEMM rate measured in the same run (np.matmul of 1024x1024 matrices, and of the largest GEMM shape
-of the net), and BVLC Caffe's own time from timing.json with our ratio to it.
+2x forward for the weight and input gradients) and prints the achieved GFLOP/s beside numpy's
+float32 GEMM rate (np.matmul of 1024x1024 matrices) measured just before each timed pass, their
+ratio, the GEMM rate at the net's largest GEMM shape, and BVLC Caffe's own time from timing.json
+with our ratio to it. Each pass is judged against the GEMM rate of its moment because on a
+machine shared with other jobs both drift together; the fastest pass is reported, and the median
+ratio over all passes beside it.
 
 Usage (from the repository root):
 

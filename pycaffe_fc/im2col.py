@@ -133,42 +133,57 @@ def _zero_outside(dst, osl, out_shape, lead: int) -> None:
 
 
 def im2col(x, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
-           out_shape: Sequence[int], out=None):
+           out_shape: Sequence[int], out=None, batch_last: bool = False):
     """Unroll ``x`` (N, C, *spatial) into columns (C, *kernel, N, *out_shape).
 
-    ``out`` may be any (possibly strided) view of that shape, e.g. the Im2col layer's top seen
-    in this order; otherwise a new array is returned.
+    With ``batch_last`` the image is (C, *spatial, N) and the columns (C, *kernel, *out_shape, N):
+    the batch becomes the innermost axis, so every copied row spans whole rows of the output times
+    the batch (long rows, where numpy's cost per row otherwise dominates for small images).
+    ``out`` may be any (possibly strided) view of the column shape, e.g. the Im2col layer's top
+    seen in this order; otherwise a new array is returned.
     """
     xp = get_array_module(x)
-    n, c = x.shape[:2]
-    in_shape = x.shape[2:]
+    if batch_last:
+        c, n, in_shape = x.shape[0], x.shape[-1], x.shape[1:-1]
+        src, lead = x, 1                       # (C, *spatial, N)
+        shape = (c, *kernel, *out_shape, n)
+    else:
+        n, c, in_shape = x.shape[0], x.shape[1], x.shape[2:]
+        src, lead = x.swapaxes(0, 1), 2        # (C, N, *spatial) view: copies write column order
+        shape = (c, *kernel, n, *out_shape)
     if out is None:
-        out = xp.empty((c, *kernel, n, *out_shape), x.dtype)
-    xt = x.swapaxes(0, 1)  # (C, N, *spatial) view: the copies below write column order
+        out = xp.empty(shape, x.dtype)
+    pre = (slice(None),) * lead
     for ks, osl, isl in _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
-        dst = out[(slice(None),) + ks]  # (C, N, *out)
+        dst = out[(slice(None),) + ks]  # (C, N, *out) or (C, *out, N)
         if any(s is None for s in osl):
             dst[...] = 0
             continue
-        xp.copyto(dst[(slice(None), slice(None)) + tuple(osl)], xt[(slice(None), slice(None)) + tuple(isl)])
-        _zero_outside(dst, osl, out_shape, 2)
+        xp.copyto(dst[pre + tuple(osl)], src[pre + tuple(isl)])
+        _zero_outside(dst, osl, out_shape, lead)
     return out
 
 
 def col2im(col, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
-           in_shape: Sequence[int], out):
-    """Fold columns (C, *kernel, N, *out) back into ``out`` (N, C, *in_shape), summing overlaps.
+           in_shape: Sequence[int], out, batch_last: bool = False):
+    """Fold columns (C, *kernel, N, *out) back into ``out`` (N, C, *in_shape), summing overlaps;
+    with ``batch_last`` columns (C, *kernel, *out, N) into ``out`` (C, *in_shape, N).
 
     ``out`` is overwritten (Caffe's col2im zeroes the image first)."""
     xp = get_array_module(col)
     nsp = len(kernel)
-    out_shape = col.shape[2 + nsp:]
+    if batch_last:
+        out_shape = col.shape[1 + nsp:-1]
+        dst_all, lead = out, 1
+    else:
+        out_shape = col.shape[2 + nsp:]
+        dst_all, lead = out.swapaxes(0, 1), 2  # (C, N, *in)
     out[...] = 0
-    ot = out.swapaxes(0, 1)  # (C, N, *in)
+    pre = (slice(None),) * lead
     for ks, osl, isl in _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
         if any(s is None for s in osl):
             continue
-        src = col[(slice(None),) + ks + (slice(None),) + tuple(osl)]
-        dst = ot[(slice(None), slice(None)) + tuple(isl)]
+        src = col[(slice(None),) + ks][pre + tuple(osl)]
+        dst = dst_all[pre + tuple(isl)]
         xp.add(dst, src, out=dst)
     return out

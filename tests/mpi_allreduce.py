@@ -57,6 +57,21 @@ for mode in SYNC_MODES:
         if not np.array_equal(b, want):
             failures.append(f"{mode}: bucket {k} wrong")
 
+# the watchdog: a message that never comes raises instead of waiting for ever
+if p > 1 and rank == 0:
+    from pycaffe_fc.errors import CaffeError
+    from pycaffe_fc.parallel import comm as pcomm
+    pcomm.COMM_TIMEOUT_S = 0.3
+    req = comm.Irecv(np.empty(4, np.float32), source=1, tag=999)
+    try:
+        pcomm.wait_all([req])
+        failures.append("wait_all did not time out")
+    except CaffeError as e:
+        if "made no progress" not in str(e):
+            failures.append(f"unexpected timeout message: {e}")
+    req.Cancel()
+    req.Wait()
+
 allf = comm.gather(failures, root=0)
 if rank == 0:
     flat = [f for fs in allf for f in fs]

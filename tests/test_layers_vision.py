@@ -134,11 +134,21 @@ CONV_CASES = {
 }
 
 
-@pytest.mark.parametrize("per_image", [False, True], ids=["batch_gemm", "per_image_gemm"])
-@pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_convolution_forward_and_gradient(case, per_image, monkeypatch):
-    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if per_image else 10 ** 9)
+LOWERINGS = ["batch_gemm", "per_image_gemm", "batch_last"]
+
+
+def use_lowering(monkeypatch, mode: str) -> None:
+    """Force one of the three GEMM lowerings of conv.py, whatever the sizes."""
+    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if mode == "per_image_gemm" else 10 ** 9)
     monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_MACS", 1)
+    monkeypatch.setattr(conv_mod, "BATCH_LAST_MIN_BATCH", 1 if mode == "batch_last" else 10 ** 9)
+    monkeypatch.setattr(conv_mod, "BATCH_LAST_MAX_WIDTH", 10 ** 9)
+
+
+@pytest.mark.parametrize("mode", LOWERINGS)
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_convolution_forward_and_gradient(case, mode, monkeypatch):
+    use_lowering(monkeypatch, mode)
     spec = CONV_CASES[case]
     text = conv_text(**spec["p"])
     x = randn(*spec["shape"])
@@ -158,13 +168,12 @@ def test_convolution_forward_and_gradient(case, per_image, monkeypatch):
     check_gradient(text, [x], max_checks=40)
 
 
-@pytest.mark.parametrize("per_image", [False, True], ids=["batch_gemm", "per_image_gemm"])
+@pytest.mark.parametrize("mode", LOWERINGS)
 @pytest.mark.parametrize("p", [dict(num_output=3, kernel_size=4, stride=2, pad=1),
                                dict(num_output=4, kernel_size=3, stride=2, group=2),
                                dict(num_output=2, kernel_size=1)], ids=["k4s2p1", "group2", "1x1"])
-def test_deconvolution_is_the_transpose_and_gradient(p, per_image, monkeypatch):
-    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if per_image else 10 ** 9)
-    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_MACS", 1)
+def test_deconvolution_is_the_transpose_and_gradient(p, mode, monkeypatch):
+    use_lowering(monkeypatch, mode)
     text = conv_text("Deconvolution", **p)
     x = randn(2, 4, 4, 5)
     layer, bottom, top = setup_layer(text, [x])

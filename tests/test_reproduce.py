@@ -17,7 +17,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "reproduce.py")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from reproduction import commbench, config, training  # noqa: E402
+from reproduction import commbench, config, report as report_mod, training  # noqa: E402
 
 IDX = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
@@ -63,7 +63,7 @@ def test_table_numbers_come_from_the_runs_logs(smoke):
     out, results, report, _ = smoke
     runs = results["study1"]["nets"]["lenet"]["runs"]
     kinds = [r["spec"]["kind"] for r in runs]
-    assert kinds.count("baseline") == 1 and kinds.count("sweep") >= 2 and "warmup" in kinds
+    assert kinds.count("baseline") == 1 and kinds.count("sweep") >= 2 and "warmup" in kinds and "single" in kinds
     for r in runs:
         log = r["log"] if os.path.isabs(r["log"]) else os.path.join(ROOT, r["log"])
         text = open(log).read()
@@ -75,7 +75,7 @@ def test_table_numbers_come_from_the_runs_logs(smoke):
         assert r["final_accuracy"] == pytest.approx(acc)
         assert 0.0 <= acc <= 1.0
         row = next(line for line in report.splitlines()
-                   if line.startswith(f"| batch {r['spec']['batch']}, lr {r['spec']['base_lr']:g} |")
+                   if line.startswith(f"| {report_mod.setting(r['spec'])} |")
                    and r["spec"]["lr_policy"] in line and (("warm-up" in line) == (r["spec"]["kind"] == "warmup")))
         assert f"{100 * acc:.2f}%" in row
         if r["spec"]["workers"] > 1:
@@ -129,7 +129,8 @@ def test_plan_covers_the_paper_settings():
         runs = training.plan(mode, recipe, 0.01, "inv")
         sweep = sorted(r.base_lr for r in runs if r.kind == "sweep")
         assert len(sweep) >= 5 and all(b == pytest.approx(2 * a) for a, b in zip(sweep, sweep[1:]))
-        assert all(r.batch == 1024 and r.workers == 4 for r in runs if r.kind != "baseline")
+        assert all(r.batch == 1024 and r.workers == 4 for r in runs if r.kind not in ("baseline", "single"))
+        assert [(r.batch, r.workers) for r in runs if r.kind == "single"] == [(1024, 1)]
         base = [r for r in runs if r.kind == "baseline"]
         assert len(base) == 1 and base[0].batch == 64 and base[0].workers == 1
         assert {r.lr_policy for r in runs if r.kind == "poly"} == {"poly"}

@@ -235,7 +235,7 @@ def implied_batch_seconds(p: int, speedup: float, comm_seconds: float) -> float 
 # -- compute time per batch, measured here ------------------------------------------------------
 def time_imagenet_net(prototxt: str, batch: int, iters: int) -> dict[str, float]:
     """Forward+backward seconds per image of an ImageNet deploy net at ``batch`` (force_backward,
-    Input-layer data), timed with fc-caffe's own ``time_net``."""
+    Input-layer data), timed with fc-caffe's own ``time_net`` (median of ``iters`` iterations)."""
     from pycaffe_fc import backend
     from pycaffe_fc.net import Net
     from pycaffe_fc.proto import caffe_pb2, io
@@ -256,8 +256,10 @@ def time_imagenet_net(prototxt: str, batch: int, iters: int) -> dict[str, float]
         param.input_dim[0] = batch
     net = Net(param, caffe_pb2.TRAIN)
     t = time_net(net, iters, warmup=True)
-    ms = sum(t.iteration_ms) / len(t.iteration_ms)
-    return {"batch": batch, "iters": iters, "ms_per_batch": ms, "s_per_image": ms / 1e3 / batch}
+    # the median iteration: other jobs on this shared machine now and then stall one iteration
+    ms = statistics.median(t.iteration_ms)
+    return {"batch": batch, "iters": iters, "ms_per_batch": ms, "s_per_image": ms / 1e3 / batch,
+            "iteration_ms": list(t.iteration_ms)}
 
 
 # -- analysis -------------------------------------------------------------------------------------

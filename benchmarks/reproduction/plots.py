@@ -63,6 +63,10 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
                 if div:
                     ax.plot(div, [0.10] * len(div), "x", ms=9, color=line.get_color())
         ax.plot([], [], "kx", label="diverged (loss NaN): chance")
+        for r in net["runs"]:
+            if r["spec"]["kind"] == "single":
+                ax.plot([r["spec"]["base_lr"]], [_acc(r)], "k*", ms=11, mfc="none",
+                        label=f"batch {s1['large_batch']} in one process")
         base = [r for r in net["runs"] if r["spec"]["kind"] == "baseline"]
         if base:
             b = base[0]
@@ -95,10 +99,10 @@ def _curves(plt, key: str, net: dict[str, Any], out_dir: str) -> str:
     n_train = net["train_images"]
     for r in net["runs"]:
         spec = r["spec"]
-        if spec["kind"] not in ("baseline", "sweep", "warmup"):
+        if spec["kind"] not in ("baseline", "sweep", "warmup", "single"):
             continue
         scale = spec["batch"] / n_train
-        ls = "-" if spec["kind"] != "warmup" else ":"
+        ls = {"warmup": ":", "single": "--"}.get(spec["kind"], "-")
         lw = 2.2 if spec["kind"] == "baseline" else 1.2
         tr = [(row["NumIters"] * scale, row["loss"]) for row in r["train"] if _finite(row.get("loss"))]
         te = [(row["NumIters"] * scale, row["accuracy"]) for row in r["test"] if "accuracy" in row]

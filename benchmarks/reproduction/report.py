@@ -56,13 +56,19 @@ def study1_findings(net: dict[str, Any]) -> dict[str, Any]:
     by_kind: dict[str, dict[float, dict]] = {}
     for r in runs:
         by_kind.setdefault(r["spec"]["kind"], {})[r["spec"]["base_lr"]] = r
+    # rescued: a rate that ended at chance without warm-up trains with it at least half-way from
+    # chance to the small batch's accuracy
+    half = None if b_acc is None else CHANCE + (b_acc - CHANCE) / 2
     rescued = sorted(lr for lr, r in by_kind.get("warmup", {}).items()
-                     if lr in by_kind.get("sweep", {}) and _at_chance(by_kind["sweep"][lr]) and not _at_chance(r))
+                     if lr in by_kind.get("sweep", {}) and _at_chance(by_kind["sweep"][lr]) and half is not None
+                     and (r.get("final_accuracy") or 0) >= half and r.get("diverged_at") is None)
     poly_best = max((r for r in by_kind.get("poly", {}).values() if r.get("final_accuracy") is not None),
                     key=lambda r: r["final_accuracy"], default=None)
     warm_best = max((r for r in by_kind.get("warmup", {}).values() if r.get("final_accuracy") is not None),
                     key=lambda r: r["final_accuracy"], default=None)
     gap = None if (b_acc is None or best is None) else b_acc - best["final_accuracy"]
+    single = next((r for r in runs if r["spec"]["kind"] == "single"), None)
+    twin = by_kind.get("sweep", {}).get(single["spec"]["base_lr"]) if single else None
     return {
         "baseline_acc": b_acc, "baseline_lr": base["spec"]["base_lr"] if base else None,
         "best_lr": best["spec"]["base_lr"] if best else None,
@@ -73,7 +79,15 @@ def study1_findings(net: dict[str, Any]) -> dict[str, Any]:
         "rescued_by_warmup": rescued,
         "poly_best": (poly_best["spec"]["base_lr"], poly_best["final_accuracy"]) if poly_best else None,
         "warmup_best": (warm_best["spec"]["base_lr"], warm_best["final_accuracy"]) if warm_best else None,
+        "warmup_at_chance_rates": {lr: r for lr, r in by_kind.get("warmup", {}).items()
+                                   if lr in by_kind.get("sweep", {}) and _at_chance(by_kind["sweep"][lr])},
+        "single": single, "single_twin": twin,
     }
+
+
+def setting(spec: dict[str, Any]) -> str:
+    """The first cell of a study-1 table row."""
+    return f"batch {spec['batch']}, lr {spec['base_lr']:g}" + (" (one process)" if spec["kind"] == "single" else "")
 
 
 def _at_chance(r: dict[str, Any]) -> bool:
@@ -267,7 +281,7 @@ def _study1(results: dict[str, Any], add, fig) -> None:
             else:
                 cell = _pct(acc) + (" (at chance)" if _at_chance(r) else "")
             err = f" — {r['error']}" if r.get("error") else ""
-            add(f"| batch {sp['batch']}, lr {sp['base_lr']:g} | {sp['workers']} | {sp['max_iter']} | {pol} | "
+            add(f"| {setting(sp)} | {sp['workers']} | {sp['max_iter']} | {pol} | "
                 f"{cell}{err} | {delta} | {r['wall_s']:.0f} s |")
         add("")
         msg = []
@@ -281,14 +295,33 @@ def _study1(results: dict[str, Any], add, fig) -> None:
             msg.append(f"Rates {_lrs(f['at_chance'], f['diverged'])} end at chance (10%).")
         else:
             msg.append("No rate of the sweep ends at chance.")
-        if f["rescued_by_warmup"]:
-            msg.append(f"Warm-up rescues {', '.join(f'{x:g}' for x in f['rescued_by_warmup'])}.")
-        elif f["at_chance"] and any(lr in f["at_chance"] for lr in net.get("warmup_lrs", [])):
-            msg.append("Warm-up does not rescue the rates that end at chance.")
+        wc = f["warmup_at_chance_rates"]
+        if wc:
+            outcome = "; ".join(
+                f"{lr:g}: " + (f"diverged at iteration {r['diverged_at']}" if r.get("diverged_at") is not None
+                               else _pct(r.get("final_accuracy"))) for lr, r in sorted(wc.items()))
+            if f["rescued_by_warmup"]:
+                msg.append(f"Warm-up rescues {', '.join(f'{x:g}' for x in f['rescued_by_warmup'])} (with warm-up: "
+                           f"{outcome}).")
+            else:
+                msg.append(f"Warm-up does not rescue the rates that end at chance (with warm-up: {outcome}; "
+                           f"'rescued' would mean at least half-way from chance to batch {s1['small_batch']}).")
         if f["warmup_best"]:
             msg.append(f"Best with warm-up: lr {f['warmup_best'][0]:g}, {_pct(f['warmup_best'][1])}.")
         if f["poly_best"]:
             msg.append(f"Best with poly: lr {f['poly_best'][0]:g}, {_pct(f['poly_best'][1])}.")
+        if f["single"] and f["single_twin"]:
+            a, b = f["single"], f["single_twin"]
+            def res(r):
+                return (f"diverged at iteration {r['diverged_at']}" if r.get("diverged_at") is not None
+                        else _pct(r.get("final_accuracy")))
+            same = (a.get("final_accuracy") is not None and b.get("final_accuracy") is not None
+                    and abs(a["final_accuracy"] - b["final_accuracy"]) <= 0.01)
+            msg.append(f"Control: the same batches of {s1['large_batch']} in one process (no reduction tree) "
+                       f"at lr {a['spec']['base_lr']:g} reach {res(a)}, against {res(b)} as {s1['workers']} "
+                       f"workers through the tree" + (" — the large-batch behaviour is the optimisation's, "
+                                                       "not an artefact of the data-parallel training." if same
+                                                       else "."))
         add(" ".join(msg))
         add("")
         fig(f"curves_{key}.png", f"{net['title']} training curves")
@@ -385,7 +418,8 @@ def _study2(results: dict[str, Any], add, fig) -> None:
             f"(BVLC Caffe's own timing of the same nets on a machine like this one is in "
             f"`../shared/caffe-reference/timing.json`):")
         add("")
-        add("| net | batch timed | ms per batch | s per image | s per batch of 1024 (1 worker) |")
+        add("| net | batch timed | ms per batch (median of the iterations) | s per image | "
+            "s per batch of 1024 (1 worker) |")
         add("|---|---|---|---|---|")
         for net, e in ext["nets"].items():
             c = e["compute"]

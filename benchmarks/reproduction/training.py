@@ -42,7 +42,8 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        extra = {"poly": f" poly({self.power:g})", "warmup": f" warm-up {self.warmup_iter} it"}.get(self.kind, "")
+        extra = {"poly": f" poly({self.power:g})", "warmup": f" warm-up {self.warmup_iter} it",
+                 "single": " in one process"}.get(self.kind, "")
         return f"batch {self.batch} lr {self.base_lr:g}{extra}"
 
 
@@ -88,6 +89,10 @@ def plan(mode: Mode, recipe: NetRecipe, baseline_lr: float, baseline_policy: str
     for lr in recipe.sweep_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}", recipe.key, "sweep",
                             mode.large_batch, w, lr, baseline_policy, it, ti, test_iter))
+    if recipe.single_lr is not None:
+        # the same large batch in one process: what the reduction tree must reproduce
+        runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}x1_lr{recipe.single_lr:g}", recipe.key, "single",
+                            mode.large_batch, 1, recipe.single_lr, baseline_policy, it, ti, test_iter))
     warm = max(1, round(mode.warmup_epochs * mode.train_images / mode.large_batch))
     for lr in recipe.poly_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_poly", recipe.key, "poly",

@@ -38,23 +38,72 @@ class _ImageJob:
     encode_type: str
 
 
-def _worker_init() -> None:
-    # one OpenCV thread per worker process: the pool is the parallelism
-    try:
-        import cv2
-        cv2.setNumThreads(1)
-    except Exception:  # pragma: no cover
-        pass
-
-
-def _convert_one(args: tuple[_ImageJob, str, int]) -> bytes | None:
-    job, name, label = args
+def _convert_one(job: _ImageJob, name: str, label: int) -> bytes | None:
     enc = job.encode_type
     if job.encoded and not enc:
         enc = guess_encoding(name)
     datum = read_image_to_datum(job.root + name, label, job.resize_height, job.resize_width,
                                 job.is_color, enc)
     return None if datum is None else datum.SerializeToString()
+
+
+def _record_info(value: bytes) -> tuple[int, int]:
+    """(channels*height*width, len(data)) of a serialised Datum, for --check_size."""
+    d = caffe_pb2.Datum()
+    d.ParseFromString(value)
+    return d.channels * d.height * d.width, len(d.data)
+
+
+# Pool workers decode, resize and serialise their chunk of lines and write it to the LMDB
+# themselves (LMDB serialises writers), so the parent only orders logs and checks: the records are
+# the same as a sequential run's, whatever the order in which the chunks are committed.
+_worker: dict = {}
+CHUNK = 32  # lines per task (fewer for short lists, so that every worker gets some)
+
+
+def _worker_init(db_name: str, job: _ImageJob) -> None:
+    try:  # one OpenCV thread per worker process: the pool is the parallelism
+        import cv2
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover
+        pass
+    _worker.update(db_name=db_name, job=job, env=None)
+
+
+def _convert_chunk(chunk: tuple[int, list[tuple[str, int]]]) -> list[tuple[int, tuple[int, int] | None]]:
+    """Convert and write lines ``start..`` of the list; per line, its size info or None (unreadable)."""
+    start, lines = chunk
+    job = _worker["job"]
+    puts, info = [], []
+    for i, (name, label) in enumerate(lines, start):
+        value = _convert_one(job, name, label)
+        info.append((i, None if value is None else _record_info(value)))
+        if value is not None:
+            puts.append((f"{i:08d}_{name}".encode(), value))
+    if puts:
+        if _worker["env"] is None:
+            import lmdb
+            # no fsync per commit: the parent syncs once at the end
+            _worker["env"] = lmdb.open(_worker["db_name"], map_size=_MAP_SIZE, sync=False, meminit=False)
+        _put_all(_worker["env"], puts)
+    return info
+
+
+_MAP_SIZE = 1 << 40  # address space only: the file grows with the data (Caffe's old LMDB_MAP_SIZE)
+
+
+def _put_all(env, puts) -> None:
+    import lmdb
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for k, v in puts:
+                    txn.put(k, v)
+            return
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+        except lmdb.MapResizedError:  # another worker grew the map: adopt its size
+            env.set_mapsize(0)
 
 
 def read_image_list(path: str) -> list[tuple[str, int]]:
@@ -69,9 +118,11 @@ def convert_imageset(root_folder: str, list_file: str, db_name: str, *, resize_h
                      backend: str = "lmdb", processes: int = 2, progress: bool = True,
                      rng: np.random.Generator | None = None) -> int:
     """tools/convert_imageset: images + labels into an LMDB of Datum under keys
-    ``%08d_<relative path>``; returns the number of records written.
+    ``%08d_<relative path>`` (i = line number in the list); returns the number of records written.
 
-    ``encode_type`` without ``encoded`` still stores encoded images, as Caffe does."""
+    ``encode_type`` without ``encoded`` still stores encoded images, as Caffe does. Unreadable
+    images are logged and skipped. With ``processes`` > 1 the images are decoded and written by a
+    pool of worker processes; ``check_size`` then reports a size mismatch once all are written."""
     resolve_backend(backend, db_name, "convert_imageset", writing=True)
     if os.path.exists(db_name):
         raise CaffeError(f"convert_imageset: {db_name}: already exists; remove it or choose another DB name")
@@ -86,56 +137,77 @@ def convert_imageset(root_folder: str, list_file: str, db_name: str, *, resize_h
         _info("encode_type specified, assuming encoded=true.", "convert_imageset.cpp:92")
     job = _ImageJob(root_folder, max(0, int(resize_height)), max(0, int(resize_width)), not gray,
                     bool(encoded), encode_type)
-    tasks = [(job, name, label) for name, label in lines]
     bar = None
     if progress:
         try:
             from tqdm import tqdm
-            bar = tqdm(total=len(tasks), unit="img", desc="convert_imageset", leave=False,
+            bar = tqdm(total=len(lines), unit="img", desc="convert_imageset", leave=False,
                        disable=None)  # shown on a terminal only
         except ImportError:  # pragma: no cover
             bar = None
     count = 0
     data_size = None
-    pool = None
+    pool = writer = None
     try:
-        if processes > 1 and len(tasks) > 1:
+        per_task = max(1, min(CHUNK, len(lines) // (4 * max(1, processes))))
+        chunks = [(s, lines[s:s + per_task]) for s in range(0, len(lines), per_task)]
+        if processes > 1 and len(chunks) > 1:
+            LMDBWriter(db_name).close()  # create it; the workers open it themselves
             ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            pool = ctx.Pool(processes, initializer=_worker_init)
-            chunk = max(1, min(64, len(tasks) // (processes * 8)))
-            results = pool.imap(_convert_one, tasks, chunksize=chunk)
+            pool = ctx.Pool(processes, initializer=_worker_init, initargs=(db_name, job))
+            results = pool.imap(_convert_chunk, chunks)
         else:
-            results = map(_convert_one, tasks)
-        with LMDBWriter(db_name) as db:
-            for line_id, ((name, _), value) in enumerate(zip(lines, results)):
+            writer = LMDBWriter(db_name)
+            results = ([(i, _convert_one(job, n, lab)) for i, (n, lab) in enumerate(ls, s)] for s, ls in chunks)
+        for chunk_result in results:
+            for line_id, value in chunk_result:
+                name = lines[line_id][0]
                 if bar is not None:
                     bar.update(1)
                 if value is None:
                     log.error(f"Could not open or find file {root_folder + name}",
                               extra={"caffe_src": "io.cpp:80"})
                     continue
+                if writer is not None:
+                    writer.put(f"{line_id:08d}_{name}", value)
+                    size, nbytes = _record_info(value) if check_size else (0, 0)
+                else:
+                    size, nbytes = value
                 if check_size:
-                    d = caffe_pb2.Datum()
-                    d.ParseFromString(value)
-                    size = d.channels * d.height * d.width
                     if data_size is None:
                         data_size = size
-                    elif len(d.data) != data_size:
+                    elif nbytes != data_size:
                         raise CaffeError(f"convert_imageset: {name}: incorrect data field size "
-                                         f"{len(d.data)} (expected {data_size})")
-                db.put(f"{line_id:08d}_{name}", value)
+                                         f"{nbytes} (expected {data_size})")
                 count += 1
                 if count % 1000 == 0:
                     _info(f"Processed {count} files.", "convert_imageset.cpp:145")
+        if writer is not None:
+            writer.close()
+            writer = None
+        else:
+            pool.close()
+            pool.join()
+            pool = None
+            _sync(db_name)
         if count % 1000:
             _info(f"Processed {count} files.", "convert_imageset.cpp:152")
     finally:
+        if writer is not None:  # stopped by an error: what was committed stays, as in Caffe
+            writer.env.close()
         if pool is not None:
             pool.terminate()
             pool.join()
         if bar is not None:
             bar.close()
     return count
+
+
+def _sync(db_name: str) -> None:
+    import lmdb
+    env = lmdb.open(db_name, map_size=_MAP_SIZE)
+    env.sync(True)
+    env.close()
 
 
 # -- compute_image_mean ---------------------------------------------------------------------------

@@ -26,6 +26,10 @@ from .base import Layer, register
 #: whole batch plus a transposing copy is faster than N thin ones
 PER_IMAGE_MIN_POSITIONS = 512
 PER_IMAGE_MIN_MACS = 1 << 22
+#: large batches of narrow images use the batch-last column layout (C*K, P*N): numpy's cost per
+#: copied row otherwise dominates im2col/col2im when each row is only a few pixels wide
+BATCH_LAST_MIN_BATCH = 16
+BATCH_LAST_MAX_WIDTH = 16
 
 
 @dataclass
@@ -120,14 +124,21 @@ class _ConvGemm:
         self.k = geom.kernel_dim
         self.cg, self.og = channels // group, num_output // group
         self.ckg = self.cg * self.k
-        self.per_image = (self.p >= PER_IMAGE_MIN_POSITIONS and
-                          self.og * self.ckg * self.p >= PER_IMAGE_MIN_MACS)
         self.is_1x1 = geom.is_1x1
+        self.batch_last = (not self.is_1x1 and num >= BATCH_LAST_MIN_BATCH and
+                           self.out_sp[-1] <= BATCH_LAST_MAX_WIDTH)
+        self.per_image = (not self.batch_last and self.p >= PER_IMAGE_MIN_POSITIONS and
+                          self.og * self.ckg * self.p >= PER_IMAGE_MIN_MACS)
 
-    # column matrix (C*K, N*P) of ``img`` in the 'col' workspace
+    # column matrix (C*K, N*P) of ``img`` in the 'col' workspace; (C*K, P*N) when batch-last
     def columns(self, img):
         col = workspace("col", (self.c * self.k, self.n * self.p), self.xp)
-        if self.is_1x1:
+        if self.batch_last:
+            xt = workspace("img_t", (self.c,) + self.in_sp + (self.n,), self.xp)
+            self.xp.copyto(xt.reshape(-1, self.n), img.reshape(self.n, -1).T)
+            im2col(xt, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.out_sp,
+                   out=col.reshape((self.c,) + self.g.kernel + self.out_sp + (self.n,)), batch_last=True)
+        elif self.is_1x1:
             self.xp.copyto(col.reshape(self.c, self.n, self.p), img.reshape(self.n, self.c, self.p).swapaxes(0, 1))
         else:
             im2col(img, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.out_sp,
@@ -153,12 +164,18 @@ class _ConvGemm:
         col = self.columns(img) if col is None else col
         res = workspace("aux", (G, self.og, n * p), xp)
         xp.matmul(w, col.reshape(G, self.ckg, n * p), out=res)
-        xp.copyto(out4, res.reshape(G, self.og, n, p).transpose(2, 0, 1, 3))
+        if self.batch_last:
+            xp.copyto(out.reshape(n, -1), res.reshape(-1, n).T)
+        else:
+            xp.copyto(out4, res.reshape(G, self.og, n, p).transpose(2, 0, 1, 3))
 
     def transposed_out(self, dout):
-        """dout (N, O, P) as an (O, N*P) matrix in the 'aux' workspace."""
+        """dout (N, O, P) as an (O, N*P) matrix in the 'aux' workspace ((O, P*N) when batch-last)."""
         dt = workspace("aux", (self.o, self.n * self.p), self.xp)
-        self.xp.copyto(dt.reshape(self.o, self.n, self.p), dout.reshape(self.n, self.o, self.p).swapaxes(0, 1))
+        if self.batch_last:
+            self.xp.copyto(dt.reshape(-1, self.n), dout.reshape(self.n, -1).T)
+        else:
+            self.xp.copyto(dt.reshape(self.o, self.n, self.p), dout.reshape(self.n, self.o, self.p).swapaxes(0, 1))
         return dt
 
     def weight_grad(self, col, dout_t, weight_diff) -> None:
@@ -196,6 +213,12 @@ class _ConvGemm:
             xp.matmul(wt, dout_t.reshape(G, self.og, n * p), out=col.reshape(G, self.ckg, n * p))
             if self.is_1x1:
                 xp.copyto(img_diff.reshape(n, self.c, p), col.reshape(self.c, n, p).swapaxes(0, 1))
+                return
+            if self.batch_last:
+                xt = workspace("img_t", (self.c,) + self.in_sp + (n,), xp)
+                col2im(col.reshape((self.c,) + self.g.kernel + self.out_sp + (n,)), self.g.kernel, self.g.stride,
+                       self.g.pad, self.g.dilation, self.in_sp, xt, batch_last=True)
+                xp.copyto(img_diff.reshape(n, -1), xt.reshape(-1, n).T)
                 return
             cols = col.reshape((self.c,) + self.g.kernel + (n,) + self.out_sp)
         col2im(cols, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.in_sp, img_diff)
@@ -273,6 +296,10 @@ class BaseConvolutionLayer(Layer):
                              f"for input {list(in_sp)}")
         for t in top:
             t.reshape(shape[:ca] + (self.num_output,) + tuple(out_sp))
+        key = (num, tuple(in_sp))
+        if self._gemm is not None and self._gemm_key == key:
+            return
+        self._gemm_key = key
         self.num, self.in_sp, self.out_sp = num, tuple(in_sp), tuple(out_sp)
         if self.reverse_dimensions:
             # the convolution whose transpose this is maps top (num_output) to bottom (channels)
@@ -310,9 +337,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 continue
             x = b.data.reshape((self.num, self.channels) + self.in_sp)
             dy = t.diff.reshape((self.num, self.num_output) + self.out_sp)
-            dy_t = None
-            if want_w or not gm.per_image:
-                dy_t = gm.transposed_out(dy)
+            # dy as an (O, N*P) matrix: the weight gradient's GEMM needs it, the batched data
+            # gradient reuses it
+            dy_t = gm.transposed_out(dy) if want_w or (prop and not gm.per_image) else None
             if want_b:
                 gm.bias_grad(dy, dy_t, self.blobs[1].diff)
             if want_w:

@@ -90,29 +90,41 @@ def init_world(comm=None) -> World:
 #: sleeps cost at most a fraction of a millisecond per message.
 SPIN_S = 0.0005
 SLEEP_S = 0.0002
+#: A message that makes no progress for this long means a peer is gone or the network is stuck:
+#: the rank raises (and so aborts the job) instead of waiting for ever. 0 waits for ever.
+COMM_TIMEOUT_S = float(os.environ.get("FC_CAFFE_COMM_TIMEOUT", "600"))
+
+
+def _stuck(start: float) -> None:
+    if COMM_TIMEOUT_S > 0 and time.perf_counter() - start > COMM_TIMEOUT_S:
+        raise CaffeError(f"a gradient message made no progress for {COMM_TIMEOUT_S:.0f} s: a peer is gone "
+                         "or the network is stuck (FC_CAFFE_COMM_TIMEOUT sets this limit)")
 
 
 def wait_all(requests: list) -> None:
-    """MPI_Waitall, polling politely."""
+    """MPI_Waitall, polling politely, with the COMM_TIMEOUT_S watchdog."""
     if not requests:
         return
     Request = mpi().Request
-    deadline = time.perf_counter() + SPIN_S
+    start = time.perf_counter()
     while not Request.Testall(requests):
-        if time.perf_counter() > deadline:
+        now = time.perf_counter()
+        if now - start > SPIN_S:
             time.sleep(SLEEP_S)
+            _stuck(start)
 
 
 def wait_some(requests: list) -> list[int]:
     """MPI_Waitsome, polling politely: the indices of the requests that completed."""
     Request = mpi().Request
-    deadline = time.perf_counter() + SPIN_S
+    start = time.perf_counter()
     while True:
         done = Request.Testsome(requests)
         if done is None or len(done):
             return list(done or [])
-        if time.perf_counter() > deadline:
+        if time.perf_counter() - start > SPIN_S:
             time.sleep(SLEEP_S)
+            _stuck(start)
 
 
 # -- devices ---------------------------------------------------------------------------------
