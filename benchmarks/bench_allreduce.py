@@ -80,6 +80,9 @@ def worker(args) -> None:
             out["results"].setdefault(name, {})[mode] = statistics.median(times)
     if rank == 0:
         print("RESULT " + json.dumps(out), flush=True)
+    comm.Barrier()
+    from pycaffe_fc.parallel.comm import finalize
+    finalize()
 
 
 # -- the driver -------------------------------------------------------------------------------------

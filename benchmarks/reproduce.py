@@ -74,6 +74,7 @@ def log(msg: str) -> None:
 # -- study 1 -----------------------------------------------------------------------------------
 def run_study1(mode: config.Mode, work: str, data_dir: str, timeout: float, results: dict[str, Any],
                save) -> None:
+    """Batch size and learning rate: every planned fc-caffe train run of every net, in order."""
     log("study 1: batch size and learning rate")
     train_db, test_db = data.ensure_fashion_mnist(data_dir, log=log)
     subsets = os.path.join(work, "subsets")
@@ -104,6 +105,7 @@ def _result_dict(res: training.RunResult) -> dict[str, Any]:
 
 # -- study 2 -----------------------------------------------------------------------------------
 def run_study2(mode: config.Mode, work: str, shared: str, use_vc: bool, results: dict[str, Any], save) -> None:
+    """Communication: |W|, compute per batch, allreduce times on the virtual cluster, the model."""
     log("study 2: communication")
     s2 = results["study2"] = {"titles": {k: v[0] for k, v in config.IMAGENET_NETS.items()},
                               "sizes": {}, "comm_scale": mode.comm_scale,
@@ -137,6 +139,7 @@ def run_study2(mode: config.Mode, work: str, shared: str, use_vc: bool, results:
 # -- study 3 -----------------------------------------------------------------------------------
 def run_study3(mode: config.Mode, work: str, shared: str, data_dir: str, use_vc: bool,
                results: dict[str, Any], save) -> None:
+    """Measured speedup: the same samples with 1, 2 and 4 workers, for each net of the form."""
     log("study 3: measured speedup")
     train_db, test_db = data.ensure_fashion_mnist(data_dir, log=log)
     subsets = os.path.join(work, "subsets")
@@ -223,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name} failed: {type(e).__name__}: {e}")
                 results.setdefault(name, {})["skipped"] = f"failed: {type(e).__name__}: {e}"
             results["stage_s"][name] = time.perf_counter() - t0
+            results["waited_s"] = commbench.WAITED["seconds"]
             results["total_s"] = sum(results["stage_s"].values())
             save()
 
+    _add_bvlc_reference(results, args.shared)
     os.makedirs(out, exist_ok=True)
     if not args.no_plots:
         from reproduction import plots
@@ -234,6 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     report.write(results, report_path, None if args.no_plots else plot_dir)
     log(f"report: {report_path} (total {results.get('total_s', 0) / 60:.1f} min)")
     return 0
+
+
+def _add_bvlc_reference(results: dict[str, Any], shared: str) -> None:
+    """BVLC Caffe's own forward+backward time of the same ImageNet nets on a 2-core machine like
+    this one (../shared/caffe-reference/timing.json, force_backward), shown next to fc-caffe's."""
+    s2 = results.get("study2")
+    path = os.path.join(shared, "caffe-reference", "timing.json")
+    if not s2 or not os.path.exists(path):
+        return
+    with open(path) as f:
+        nets = json.load(f).get("nets_force_backward", {})
+    s2["bvlc_reference_ms"] = {k: nets[f"{k}_b8"]["avg_forward_backward_ms"] for k in s2.get("compute", {})
+                               if f"{k}_b8" in nets}
 
 
 def _rel(path: str) -> str:

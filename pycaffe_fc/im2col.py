@@ -5,8 +5,10 @@ Caffe lowers a convolution to a GEMM by unrolling every receptive field of one i
 Chainer's ``utils/conv.py`` does: a Python loop over the kernel offsets only, each step one strided
 copy of every image and channel. The column layout is ``(C, *kernel, N, *out)``, i.e. a
 ``(C*K, N*P)`` matrix, so that a convolution is one GEMM for the whole batch and the weight
-gradient is one GEMM too (the batch is part of the contracted dimension). Any number of spatial
-axes is supported (Caffe's N-d im2col); the same slicing code runs on numpy and CuPy.
+gradient is one GEMM too (the batch is part of the contracted dimension). A batch-last variant,
+``(C, *kernel, *out, N)``, keeps the copied rows long for large batches of small images. Any
+number of spatial axes is supported (Caffe's N-d im2col); the same slicing code runs on numpy and
+CuPy (a CuPy elementwise kernel would save the per-offset launches, not needed for correctness).
 
 Padding is never materialised: for each kernel offset only the output positions whose input falls
 inside the image are copied, the rest of the column is zero, exactly Caffe's zero padding.
@@ -31,7 +33,7 @@ def deconv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int
 
 
 # -- the shared workspace -------------------------------------------------------------------------
-_WORKSPACE: dict[tuple[int, str], object] = {}
+_WORKSPACE: dict[tuple[int, int, str], object] = {}
 
 
 def workspace(slot: str, shape: Sequence[int], xp=np, dtype=np.float32):
@@ -44,7 +46,9 @@ def workspace(slot: str, shape: Sequence[int], xp=np, dtype=np.float32):
     shape = tuple(int(s) for s in shape)
     size = int(np.prod(shape, dtype=np.int64)) if shape else 1
     dtype = np.dtype(dtype)
-    key = (id(xp), f"{slot}/{dtype.str}")
+    # one buffer per array module, device (CuPy) and slot
+    device = xp.cuda.Device().id if xp is not np and hasattr(xp, "cuda") else -1
+    key = (id(xp), device, f"{slot}/{dtype.str}")
     buf = _WORKSPACE.get(key)
     if buf is None or buf.size < size:
         # drop the smaller buffer before allocating, so the two never coexist

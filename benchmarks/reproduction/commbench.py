@@ -74,21 +74,31 @@ def vcluster_in_use() -> bool:
                 cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"tools/vcluster" in cmd and (b" mpiexec " in cmd or b" up " in cmd):
+        # an mpiexec launched through vcluster (its -launcher-exec), vcluster's own commands, or
+        # the proxies it starts on the hosts
+        if (b"tools/vcluster" in cmd and (b"mpiexec" in cmd or b" up " in cmd)) or b"hostname fcvh" in cmd:
             return True
     return False
 
 
-def take_vcluster(shared: str, hosts: int, rate: str, log=print, wait_s: float = 900) -> None:
+WAITED = {"seconds": 0.0}  # time spent waiting for other jobs on the virtual cluster
+
+
+def take_vcluster(shared: str, hosts: int, rate: str, log=print, wait_s: float = 1200) -> None:
     """Bring the virtual cluster up with ``hosts`` hosts at ``rate``, after waiting (up to
-    ``wait_s``) for any other job on it to finish."""
+    ``wait_s``) for any other job on it to finish; never tears down another job's cluster."""
     t0 = time.time()
     warned = False
-    while vcluster_in_use() and time.time() - t0 < wait_s:
+    while vcluster_in_use():
+        if time.time() - t0 > wait_s:
+            raise RuntimeError(f"the virtual cluster stayed in use by another job for {wait_s:.0f} s")
         if not warned:
             log("  the virtual cluster is in use by another job: waiting for it to finish")
             warned = True
-        time.sleep(10)
+        time.sleep(5)
+    WAITED["seconds"] += time.time() - t0
+    if warned:
+        log(f"  waited {time.time() - t0:.0f} s")
     vcluster(shared, "down")
     log(f"  {vcluster(shared, 'up', str(hosts), rate)}")
 

@@ -1,8 +1,8 @@
 """Caffe's data tools: convert_imageset, compute_image_mean and convert_mnist_data.
 
 The databases they write are byte-for-byte what BVLC Caffe writes (same keys, same serialised
-Datum), so BVLC Caffe reads ours and we read theirs. convert_imageset decodes and resizes the
-images on a process pool, the writing stays in order in the parent.
+Datum), so BVLC Caffe reads ours and we read theirs. convert_imageset decodes, resizes and writes the
+images on a process pool; the parent logs and checks in list order.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ A convolution is lowered to GEMMs over the whole batch (see ``pycaffe_fc.im2col`
 all images form one ``(C*K, N*P)`` matrix, so the weight gradient is a single GEMM whose contracted
 dimension runs over the batch, and the forward/data-gradient GEMMs are either one per image
 (large outputs: no copies at all) or one for the batch followed by a layout transpose (small
-outputs, where one large GEMM is much faster than N thin ones). 1x1 convolutions with stride 1 and
-no padding need no im2col: the bottom itself is the column matrix.
+outputs, where one large GEMM is much faster than N thin ones). Large batches of narrow images use
+the batch-last column order ``(C*K, P*N)`` so that im2col/col2im copy long rows. 1x1 convolutions
+with stride 1 and no padding need no im2col: the bottom itself is the column matrix.
 
 Deconvolution is the transposed convolution: its forward is a convolution's data gradient and its
 data gradient a convolution's forward, with the weight stored as (C_in, C_out/group, *kernel).

@@ -235,6 +235,27 @@ def run_or_abort(world: World, fn: Callable[[], Any]) -> Any:
         fail(world, describe_exception(e))
 
 
+def finalize(deadline_s: float = 30.0, code: int = 0) -> None:
+    """MPI_Finalize now, once every rank is done (after a barrier), with a deadline: should the
+    MPI library hang while closing its connections (seen rarely with UCX over TCP), the process
+    leaves with ``code`` after ``deadline_s`` seconds rather than keep the job alive for ever."""
+    MPI = mpi()
+    if MPI.Is_finalized():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+    def expire() -> None:
+        time.sleep(deadline_s)
+        os._exit(code)
+
+    threading.Thread(target=expire, name="fc-caffe-finalize-deadline", daemon=True).start()
+    MPI.Finalize()
+
+
 # -- consistency checks ------------------------------------------------------------------------
 def digest_messages(*messages) -> str:
     """A short hash of protobuf messages (deterministic serialisation) or bytes."""

@@ -206,6 +206,7 @@ def _train_rank(args: argparse.Namespace, world: pcomm.World, workers: int, devi
                   f"{len(gs.buffer.buckets)} bucket(s)): {1e3 * st.comm_s / st.iterations:.2f} ms per "
                   f"iteration on the training thread, {1e3 * st.reduce_s / st.iterations:.2f} ms reducing")
     world.barrier()
+    pcomm.finalize()
     return 0
 
 
