@@ -125,11 +125,20 @@ class WideLayout:
         if self.direct:
             return x.reshape(1, self.nc, self.plane)
         buf = workspace(slot, (self.sh * self.sw, self.nc, self.plane), xp)
-        buf[...] = fill
         b5 = buf.reshape(-1, self.nc, self.hph, self.wph)
         x3 = x.reshape(self.nc, self.h, self.w)
+        filled = set()
         for p, y0, x0, r0, c0, ny, nx in self.phases:
             b5[p, :, r0:r0 + ny, c0:c0 + nx] = x3[:, y0::self.sh, x0::self.sw]
+            # only the border around the image needs the fill value
+            b5[p, :, :r0] = fill
+            b5[p, :, r0 + ny:] = fill
+            b5[p, :, r0:r0 + ny, :c0] = fill
+            b5[p, :, r0:r0 + ny, c0 + nx:] = fill
+            filled.add(p)
+        for p in range(self.sh * self.sw):
+            if p not in filled:
+                b5[p] = fill
         return buf
 
     def unpad(self, buf, out) -> None:
