@@ -49,8 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="message segment size in bytes for the pipelined tree")
     g.add_argument("--check-sync", dest="check_sync", type=int, default=0, metavar="K",
                    help="every K iterations, check that all workers hold identical weights (0: never)")
-    g.add_argument("--batch-per-worker", dest="batch_per_worker", type=int, default=None,
-                   help="per-worker batch size (default: the net's batch split across workers)")
+    g.add_argument("--batch-per-worker", dest="batch_per_worker", type=int, nargs="?", const=True,
+                   default=None, metavar="B",
+                   help="BVLC Caffe's multi-GPU meaning: the net's batch_size (or B) is each worker's "
+                        "batch (default: the net's batch_size is the global batch, split across workers)")
     g.add_argument("--overlap", dest="overlap", action="store_true", default=True,
                    help="overlap gradient communication with backward (default)")
     g.add_argument("--no-overlap", dest="overlap", action="store_false",
