@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         with open(results_path) as f:
             results = json.load(f)
+        results["rerendered_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         s2 = results.get("study2") or {}
         if s2.get("measured"):  # the model and extrapolation are derived data: recompute them
             s2["interconnects"] = [ic.__dict__ for ic in config.INTERCONNECTS]

@@ -134,13 +134,15 @@ CONV_CASES = {
 }
 
 
-LOWERINGS = ["batch_gemm", "per_image_gemm", "batch_last"]
+LOWERINGS = ["batch_gemm", "per_image_gemm", "per_image_stacked_wgrad", "batch_last"]
 
 
 def use_lowering(monkeypatch, mode: str) -> None:
-    """Force one of the three GEMM lowerings of conv.py, whatever the sizes."""
-    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if mode == "per_image_gemm" else 10 ** 9)
+    """Force one of the GEMM lowerings of conv.py, whatever the sizes."""
+    per_image = mode.startswith("per_image")
+    monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_POSITIONS", 1 if per_image else 10 ** 9)
     monkeypatch.setattr(conv_mod, "PER_IMAGE_MIN_MACS", 1)
+    monkeypatch.setattr(conv_mod, "STACKED_WGRAD_MAX_BYTES", 10 ** 12 if mode.endswith("stacked_wgrad") else 0)
     monkeypatch.setattr(conv_mod, "BATCH_LAST_MIN_BATCH", 1 if mode == "batch_last" else 10 ** 9)
     monkeypatch.setattr(conv_mod, "BATCH_LAST_MAX_WIDTH", 10 ** 9)
 

@@ -85,6 +85,27 @@ def study1_findings(net: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def loss_spikes(run: dict[str, Any], jump: float = 1.0) -> int:
+    """How often the displayed training loss jumps more than ``jump`` above the lowest loss before
+    it (once that has fallen below 2.0, i.e. after training got going; the small batch's own
+    batch-to-batch noise stays well under 1); a non-finite loss counts once."""
+    low, spikes, above = math.inf, 0, False
+    for row in run.get("train", []):
+        v = row.get("loss")
+        if v is None:
+            continue
+        if not math.isfinite(v):
+            return spikes + 1
+        if low < 2.0 and v > low + jump:
+            if not above:
+                spikes += 1
+            above = True
+        else:
+            above = False
+        low = min(low, v)
+    return spikes
+
+
 def setting(spec: dict[str, Any]) -> str:
     """The first cell of a study-1 table row."""
     return f"batch {spec['batch']}, lr {spec['base_lr']:g}" + (" (one process)" if spec["kind"] == "single" else "")
@@ -121,6 +142,9 @@ def write(results: dict[str, Any], path: str, plot_dir: str | None) -> str:
         f"virtual cluster); the paper's figures appear only where labelled *paper*.")
     add("")
     add(f"- command: `{results['command'].strip()}`")
+    if results.get("rerendered_utc"):
+        add(f"- this text was rendered again from the run's `results.json` with `--report-only` "
+            f"({results['rerendered_utc']}): same measurements, the model and extrapolation recomputed from them")
     for later in results.get("later_runs", []):
         add(f"- then `{later['command']}` ({later['env']['date_utc']}, load average "
             f"{later['env']['loadavg_at_start']}) reran {later['studies']}; the other studies are the first command's")
@@ -312,6 +336,14 @@ def _study1(results: dict[str, Any], add, fig) -> None:
             msg.append(f"Best with warm-up: lr {f['warmup_best'][0]:g}, {_pct(f['warmup_best'][1])}.")
         if f["poly_best"]:
             msg.append(f"Best with poly: lr {f['poly_best'][0]:g}, {_pct(f['poly_best'][1])}.")
+        spikes = [(r["spec"]["base_lr"], "diverged" if r.get("diverged_at") is not None else loss_spikes(r))
+                  for r in net["runs"] if r["spec"]["kind"] == "sweep"]
+        base_runs = [r for r in net["runs"] if r["spec"]["kind"] == "baseline"]
+        if spikes:
+            msg.append(f"Loss spikes (the displayed training loss jumping more than 1 above its lowest value so "
+                       f"far) per run: batch {s1['small_batch']}: "
+                       f"{loss_spikes(base_runs[0]) if base_runs else 'n/a'}; batch {s1['large_batch']}: "
+                       + ", ".join(f"lr {lr:g}: {n}" for lr, n in spikes) + ".")
         if f["single"] and f["single_twin"]:
             a, b = f["single"], f["single_twin"]
             def res(r):

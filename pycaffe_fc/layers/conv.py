@@ -26,11 +26,15 @@ from .base import Layer, register
 #: positions per image and this many multiply-adds per image and group; below, one GEMM for the
 #: whole batch plus a transposing copy is faster than N thin ones
 PER_IMAGE_MIN_POSITIONS = 512
-PER_IMAGE_MIN_MACS = 1 << 22
+PER_IMAGE_MIN_MACS = 1 << 18
 #: large batches of narrow images use the batch-last column layout (C*K, P*N): numpy's cost per
 #: copied row otherwise dominates im2col/col2im when each row is only a few pixels wide
 BATCH_LAST_MIN_BATCH = 16
 BATCH_LAST_MAX_WIDTH = 16
+#: per-image layers with small weights take the weight gradient as N per-image GEMMs summed
+#: afterwards (a temporary of N weights): no transposed copy of top_diff is needed at all, and
+#: OpenBLAS is slow on the one long-K product with a few outputs that it replaces
+STACKED_WGRAD_MAX_BYTES = 4 << 20
 
 
 @dataclass
@@ -130,6 +134,7 @@ class _ConvGemm:
                            self.out_sp[-1] <= BATCH_LAST_MAX_WIDTH)
         self.per_image = (not self.batch_last and self.p >= PER_IMAGE_MIN_POSITIONS and
                           self.og * self.ckg * self.p >= PER_IMAGE_MIN_MACS)
+        self.stacked_wgrad = self.per_image and num * num_output * self.ckg * 4 <= STACKED_WGRAD_MAX_BYTES
 
     # column matrix (C*K, N*P) of ``img`` in the 'col' workspace; (C*K, P*N) when batch-last
     def columns(self, img):
@@ -188,6 +193,18 @@ class _ConvGemm:
         tmp = workspace("wgrad", (G, self.ckg, self.og), self.xp)
         self.xp.matmul(col.reshape(G, self.ckg, npos), dout_t.reshape(G, self.og, npos).swapaxes(1, 2), out=tmp)
         weight_diff += tmp.swapaxes(1, 2).reshape(weight_diff.shape)
+
+    def weight_grad_stacked(self, img, col, dout, weight_diff) -> None:
+        """weight_diff += sum over images of col_n @ dout_n^T: per-image GEMMs straight from
+        top_diff (and, for 1x1, from the bottom itself), then a sum over the batch."""
+        xp, n, p, G = self.xp, self.n, self.p, self.group
+        if self.is_1x1:
+            cols = img.reshape(n, G, self.cg, p)
+        else:
+            cols = col.reshape(G, self.ckg, n, p).transpose(2, 0, 1, 3)
+        tmp = workspace("wgrad_n", (n, G, self.ckg, self.og), xp)
+        xp.matmul(cols, dout.reshape(n, G, self.og, p).swapaxes(2, 3), out=tmp)
+        weight_diff += tmp.sum(axis=0).swapaxes(1, 2).reshape(weight_diff.shape)
 
     def data_grad(self, dout, dout_t, weight, img_diff) -> None:
         """img_diff = conv^T(dout): the GEMM into column space, then col2im (overwrites).
@@ -340,12 +357,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
             dy = t.diff.reshape((self.num, self.num_output) + self.out_sp)
             # dy as an (O, N*P) matrix: the weight gradient's GEMM needs it, the batched data
             # gradient reuses it
-            dy_t = gm.transposed_out(dy) if want_w or (prop and not gm.per_image) else None
+            need_t = (want_w and not gm.stacked_wgrad) or (prop and not gm.per_image)
+            dy_t = gm.transposed_out(dy) if need_t else None
             if want_b:
                 gm.bias_grad(dy, dy_t, self.blobs[1].diff)
             if want_w:
-                col = gm.columns(x)
-                gm.weight_grad(col, dy_t, self.blobs[0].diff)
+                if gm.stacked_wgrad:
+                    gm.weight_grad_stacked(x, None if gm.is_1x1 else gm.columns(x), dy, self.blobs[0].diff)
+                else:
+                    gm.weight_grad(gm.columns(x), dy_t, self.blobs[0].diff)
             if prop:
                 dx = b.diff.reshape((self.num, self.channels) + self.in_sp)
                 gm.data_grad(dy, dy_t, self.blobs[0].data, dx)
@@ -376,9 +396,11 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                 self.blobs[1].diff[...] += dy.reshape(self.num, self.num_output, -1).sum(axis=2).sum(axis=0)
             if want_w:
                 x = b.data.reshape((self.num, self.channels) + self.in_sp)
-                x_t = gm.transposed_out(x)
-                col = gm.columns(dy)
-                gm.weight_grad(col, x_t, self.blobs[0].diff)
+                col = None if gm.is_1x1 and gm.stacked_wgrad else gm.columns(dy)
+                if gm.stacked_wgrad:
+                    gm.weight_grad_stacked(dy, col, x, self.blobs[0].diff)
+                else:
+                    gm.weight_grad(col, gm.transposed_out(x), self.blobs[0].diff)
             if prop:
                 dx = b.diff.reshape((self.num, self.channels) + self.in_sp)
                 gm.forward(dy, self.blobs[0].data, dx, col=col if want_w else None)

@@ -66,10 +66,9 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.m, self.num_output)
         x = bottom[0].data.reshape(self.m, self.k)
         if self.param_propagate_down[0]:
-            # (K, N) = x^T dy either way; the non-transposed weight takes it transposed
-            g = x.T @ dy
+            # computed directly in the weight's own layout, so the accumulation is a plain add
             dw = self.blobs[0].diff
-            dw += g if self.transpose else g.T
+            dw += (x.T @ dy) if self.transpose else (dy.T @ x)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
