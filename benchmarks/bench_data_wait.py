@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Share of each training iteration spent waiting on data, with the prefetching Data layer.
 
-Trains Caffe's LeNet (models/lenet_fashion, batch 64, SGD) on the Fashion-MNIST LMDB and measures,
+Trains Caffe's LeNet (models/lenet_fashion, batch 64, SGD) and our NiN-style net (models/nin_fashion)
+on the Fashion-MNIST LMDB and measures, for each,
 after a warm-up, the time ``solver.step`` blocks in the Data layer's prefetcher (the queue of
 ``data_param.prefetch`` batches a background thread reads, decodes and transforms) against the
 total time of the iterations. Target: < 5%. With ``--no-prefetch-ahead`` the queue holds a single
@@ -43,15 +44,18 @@ def train_lmdb(tmp: str) -> str:
     return db
 
 
-def make_solver(db: str, prefetch: int):
+SOLVERS = {"lenet": "models/lenet_fashion/lenet_solver.prototxt", "nin": "models/nin_fashion/solver.prototxt"}
+
+
+def make_solver(db: str, prefetch: int, solver_path: str):
     from google.protobuf import text_format
 
     import pycaffe_fc as caffe
     from pycaffe_fc.proto import caffe_pb2
     from pycaffe_fc.proto.io import read_net_param, read_solver_param
 
-    sp = read_solver_param(os.path.join(ROOT, "models", "lenet_fashion", "lenet_solver.prototxt"))
-    net = read_net_param(os.path.join(ROOT, sp.net))
+    sp = read_solver_param(os.path.join(ROOT, solver_path))
+    net = read_net_param(os.path.join(ROOT, sp.net or sp.train_net))
     kept = [lp for lp in net.layer if not any(r.phase == caffe_pb2.TEST for r in lp.include)]
     del net.layer[:]
     net.layer.extend(kept)
@@ -59,6 +63,7 @@ def make_solver(db: str, prefetch: int):
     data.data_param.source = db
     data.data_param.prefetch = prefetch
     sp.ClearField("net")
+    sp.ClearField("train_net")
     sp.net_param.CopyFrom(net)
     for f in ("test_iter", "test_interval", "snapshot"):
         sp.ClearField(f)
@@ -69,8 +74,8 @@ def make_solver(db: str, prefetch: int):
     return caffe.get_solver(sp)
 
 
-def measure(db: str, iters: int, warmup: int, prefetch: int) -> dict:
-    solver = make_solver(db, prefetch)
+def measure(db: str, iters: int, warmup: int, prefetch: int, solver_path: str) -> dict:
+    solver = make_solver(db, prefetch, solver_path)
     layer = solver.net.layers[0]
     solver.step(warmup)
     layer.prefetcher.reset_stats()
@@ -78,7 +83,7 @@ def measure(db: str, iters: int, warmup: int, prefetch: int) -> dict:
     solver.step(iters)
     total = time.perf_counter() - t0
     wait = layer.prefetcher.wait_s
-    return {"prefetch": prefetch, "iters": iters, "iter_ms": 1000 * total / iters,
+    return {"solver": solver_path, "prefetch": prefetch, "iters": iters, "iter_per_s": iters / total, "iter_ms": 1000 * total / iters,
             "wait_ms_per_iter": 1000 * wait / iters, "wait_share": wait / total}
 
 
@@ -88,16 +93,19 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--no-prefetch-ahead", action="store_true", help="also measure a 1-batch queue")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--nets", default="lenet,nin", help="comma list of: " + ", ".join(SOLVERS))
     a = ap.parse_args(argv)
     os.environ.setdefault("GLOG_minloglevel", "1")
     results = []
     with tempfile.TemporaryDirectory(prefix="fc-bench-wait-") as tmp:
         db = train_lmdb(tmp)
-        for prefetch in ([4, 1] if a.no_prefetch_ahead else [4]):
-            r = measure(db, a.iters, a.warmup, prefetch)
-            results.append(r)
-            print(f"prefetch={prefetch}: {r['iter_ms']:.1f} ms/iteration, waiting on data "
-                  f"{r['wait_ms_per_iter']:.2f} ms/iteration = {100 * r['wait_share']:.2f}% (target < 5%)")
+        for name in a.nets.split(","):
+            for prefetch in ([4, 1] if a.no_prefetch_ahead else [4]):
+                r = measure(db, a.iters, a.warmup, prefetch, SOLVERS[name])
+                results.append(r)
+                print(f"{name} prefetch={prefetch}: {r['iter_per_s']:.1f} iterations/s ({r['iter_ms']:.1f} ms), "
+                      f"waiting on data {r['wait_ms_per_iter']:.2f} ms/iteration = {100 * r['wait_share']:.2f}% "
+                      f"(target < 5%)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
