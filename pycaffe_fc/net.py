@@ -14,7 +14,7 @@ import numpy as np
 from . import backend
 from .blob import Blob
 from .errors import CaffeError
-from .layers.base import TEST, TRAIN, Layer, create_layer
+from .layers.base import Layer, create_layer
 from .proto import caffe_pb2
 
 PERMISSIVE = 1  # ParamSpec.DimCheckMode

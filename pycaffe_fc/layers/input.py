@@ -1,7 +1,6 @@
 """Input, DummyData, Split and Silence: the layers the Net itself leans on."""
 from __future__ import annotations
 
-from ..blob import Blob
 from ..errors import CaffeError
 from ..fillers import fill
 from .base import Layer, register

@@ -15,13 +15,12 @@ target, so a crash never leaves a half-written snapshot in place of a good one.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import CaffeError
+from .io import atomic_write
 
 
 def _h5py():
@@ -34,27 +33,12 @@ def _h5py():
 
 def _write_atomic_h5(path, write: Callable) -> None:
     h5py = _h5py()
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as e:
-        raise CaffeError(f"{path}: cannot write ({e.strerror})") from None
-    try:
+
+    def write_file(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             write(f)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CaffeError(f"{path}: cannot write ({e})") from None
-        raise
+
+    atomic_write(path, write_file)
 
 
 def _open(path):

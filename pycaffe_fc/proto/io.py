@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 from google.protobuf import message as pb_message
@@ -110,27 +110,37 @@ def read_solver_param(path: PathLike) -> caffe_pb2.SolverParameter:
     return solver
 
 
-def _write_atomic(path: PathLike, data: bytes) -> None:
-    # Write next to the target and rename over it, so a crash or a full disk
-    # never leaves a truncated snapshot where a good one used to be.
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+    """Have ``write(tmp_path)`` fill a temporary file beside ``path``, fsync it and rename it over
+    ``path``: a crash or a full disk never leaves a truncated snapshot where a good one used to be."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
     except OSError as e:
         raise CaffeError(f"{path}: cannot write ({e.strerror})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # an interrupted write must not leave its temporary behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CaffeError(f"{path}: cannot write ({e.strerror})") from None
+        if isinstance(e, OSError):
+            raise CaffeError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+def _write_atomic(path: PathLike, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
 
 
 def write_proto_binary(msg: pb_message.Message, path: PathLike) -> None:
