@@ -24,19 +24,8 @@ class Classifier(Net):
                  mean: np.ndarray | None = None, input_scale: float | None = None,
                  raw_scale: float | None = None, channel_swap: Sequence[int] | None = None) -> None:
         super().__init__(model_file, pretrained_file, TEST)
-        if not self.inputs:
-            raise CaffeError(f"Classifier: net '{self.name}' has no input blob (an Input layer)")
+        self.transformer = input_transformer(self, "Classifier", mean, input_scale, raw_scale, channel_swap)
         in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims
@@ -65,3 +54,23 @@ class Classifier(Net):
         if oversample:
             predictions = predictions.reshape((len(predictions) // 10, 10, -1)).mean(1)
         return predictions
+
+
+def input_transformer(net: Net, who: str, mean=None, input_scale=None, raw_scale=None,
+                      channel_swap=None) -> "caffe_io.Transformer":
+    """The Transformer pycaffe's Classifier and Detector set up for the net's first input:
+    HxWxC images to CxHxW, then the optional mean, input scale, raw scale and channel swap."""
+    if not net.inputs:
+        raise CaffeError(f"{who}: net '{net.name}' has no input blob (an Input layer)")
+    in_ = net.inputs[0]
+    t = caffe_io.Transformer({in_: net.blobs[in_].data.shape})
+    t.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        t.set_mean(in_, mean)
+    if input_scale is not None:
+        t.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        t.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        t.set_channel_swap(in_, channel_swap)
+    return t

@@ -14,6 +14,7 @@ from . import io as caffe_io
 from .errors import CaffeError
 from .layers.base import TEST
 from .net import Net
+from .classifier import input_transformer
 from .pycaffe_extras import forward_all
 
 
@@ -24,19 +25,7 @@ class Detector(Net):
                  input_scale: float | None = None, raw_scale: float | None = None,
                  channel_swap: Sequence[int] | None = None, context_pad: int | None = None) -> None:
         super().__init__(model_file, pretrained_file, TEST)
-        if not self.inputs:
-            raise CaffeError(f"Detector: net '{self.name}' has no input blob (an Input layer)")
-        in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, "Detector", mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows: Iterable) -> list[dict]:

@@ -88,3 +88,19 @@ def check_gradient(text: str, bottom_arrays, n_top: int = 1, check_bottom=None, 
             assert abs(num - ana) <= threshold * scale, (
                 f"{layer.type} {what}[{k}]: analytic {ana:.6g} vs numerical {num:.6g}")
     return layer
+
+
+def run_layer(text: str, x, top_diff, in_place: bool = False, phase: int = TRAIN):
+    """Forward then backward of a one-bottom layer, optionally in place (top is the bottom blob);
+    returns (top data, bottom diff, parameter diffs), for comparing the two modes."""
+    layer = make_layer(text, phase)
+    b = make_blobs([x])[0]
+    t = b if in_place else Blob()
+    layer.SetUp([b], [t])
+    layer.Forward([b], [t])
+    y = t.data.copy()
+    t.diff[...] = top_diff
+    for p in layer.blobs:
+        p.diff[...] = 0
+    layer.Backward([t], [True], [b])
+    return y, b.diff.copy(), [p.diff.copy() for p in layer.blobs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck import check_gradient, make_layer
+from gradcheck import check_gradient, make_layer, run_layer
 from pycaffe_fc.blob import Blob
 from pycaffe_fc.errors import CaffeError
 from pycaffe_fc.layers.base import TEST, TRAIN
@@ -16,20 +16,7 @@ def _x(shape=(2, 3, 4), seed=0, lo=-2.0, hi=2.0):
 
 
 def _run(text, x, in_place, top_diff, phase=TRAIN):
-    """Forward then backward of a one-bottom layer, optionally in place; returns
-    (top data, bottom diff, param diffs)."""
-    layer = make_layer(text, phase)
-    b = Blob(x.shape)
-    b.data[...] = x
-    t = b if in_place else Blob()
-    layer.SetUp([b], [t])
-    layer.Forward([b], [t])
-    y = t.data.copy()
-    t.diff[...] = top_diff
-    for p in layer.blobs:
-        p.diff[...] = 0
-    layer.Backward([t], [True], [b])
-    return y, b.diff.copy(), [p.diff.copy() for p in layer.blobs]
+    return run_layer(text, x, top_diff, in_place, phase)
 
 
 GRAD_CASES = {

@@ -4,11 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck import check_gradient, setup_layer
+from gradcheck import check_gradient, run_layer, setup_layer
 from pycaffe_fc.blob import Blob
 from pycaffe_fc.errors import CaffeError
-from pycaffe_fc.layers.base import TRAIN
-from gradcheck import make_layer
 
 
 def _r(*shape, seed=0):
@@ -102,18 +100,7 @@ def test_scale_in_place_matches():
     x = _r(2, 3, 4)
     dy = _r(2, 3, 4, seed=9)
     text = 'type: "Scale" scale_param { bias_term: true filler { value: 1.5 } bias_filler { value: 0.5 } }'
-    results = []
-    for in_place in (False, True):
-        layer = make_layer(text, TRAIN)
-        b = Blob(x.shape)
-        b.data[...] = x
-        t = b if in_place else Blob()
-        layer.SetUp([b], [t])
-        layer.Forward([b], [t])
-        y = t.data.copy()
-        t.diff[...] = dy
-        layer.Backward([t], [True], [b])
-        results.append((y, b.diff.copy(), [p.diff.copy() for p in layer.blobs]))
+    results = [run_layer(text, x, dy, in_place) for in_place in (False, True)]
     (y0, d0, p0), (y1, d1, p1) = results
     np.testing.assert_allclose(y1, y0)
     np.testing.assert_allclose(d1, d0)

@@ -215,20 +215,8 @@ def test_accuracy_spatial_axis():
 
 
 def test_softmax_in_place():
-    from gradcheck import make_layer
-    from pycaffe_fc.blob import Blob
+    from gradcheck import run_layer
     x, dy = _r(2, 3, 4), _r(2, 3, 4, seed=1)
-    out = []
-    for in_place in (False, True):
-        layer = make_layer('type: "Softmax"')
-        b = Blob(x.shape)
-        b.data[...] = x
-        t = b if in_place else Blob()
-        layer.SetUp([b], [t])
-        layer.Forward([b], [t])
-        y = t.data.copy()
-        t.diff[...] = dy
-        layer.Backward([t], [True], [b])
-        out.append((y, b.diff.copy()))
+    out = [run_layer('type: "Softmax"', x, dy, in_place) for in_place in (False, True)]
     np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-6)
     np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-5, atol=1e-7)
