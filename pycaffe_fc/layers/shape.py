@@ -20,6 +20,17 @@ def _share(top, bottom) -> None:
     top.share_diff(bottom)
 
 
+class _ViewLayer(Layer):
+    """A layer whose top is a reshaped view of its bottom (data and diff shared, as Caffe's
+    Flatten and Reshape do), so forward and backward have nothing to compute."""
+
+    def forward(self, bottom, top) -> None:
+        pass
+
+    def backward(self, top, propagate_down, bottom) -> None:
+        pass
+
+
 def _axis_slices(axis: int, start: int, stop: int) -> tuple:
     return (slice(None),) * axis + (slice(start, stop),)
 
@@ -147,7 +158,7 @@ class SliceLayer(Layer):
 
 
 @register("Flatten")
-class FlattenLayer(Layer):
+class FlattenLayer(_ViewLayer):
     """FlattenLayer: merges axes [axis, end_axis] into one; shares data and diff (no copies)."""
 
     exact_num_bottom = 1
@@ -165,15 +176,9 @@ class FlattenLayer(Layer):
         top[0].reshape(shape)
         _share(top[0], b)
 
-    def forward(self, bottom, top) -> None:
-        pass
-
-    def backward(self, top, propagate_down, bottom) -> None:
-        pass
-
 
 @register("Reshape")
-class ReshapeLayer(Layer):
+class ReshapeLayer(_ViewLayer):
     """ReshapeLayer: replaces bottom axes [axis, axis + num_axes) by ``shape``; a 0 copies the
     bottom's dimension, one -1 is inferred. Shares data and diff."""
 
@@ -227,12 +232,6 @@ class ReshapeLayer(Layer):
                              f"({list(b.shape)} -> {shape})")
         top[0].reshape(shape)
         _share(top[0], b)
-
-    def forward(self, bottom, top) -> None:
-        pass
-
-    def backward(self, top, propagate_down, bottom) -> None:
-        pass
 
 
 @register("Crop")
