@@ -2,7 +2,8 @@
 """Peak memory of one NiN-ImageNet training iteration against the bytes its blobs must hold.
 
 Builds the NiN of ../shared/caffe-reference/timing/nin_imagenet_b8.prototxt at batch 32 (TRAIN
-phase, force_backward so the input gradient is computed too), runs one forward+backward pass and
+phase, force_backward so the input gradient is computed too, and the forward columns kept for
+the backward as in the Solver's training net), runs one forward+backward pass and
 reports, from tracemalloc (numpy reports its array allocations to it):
 
 * blob bytes: data + diff of every distinct array the net's blobs and parameters own (what Caffe's
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     tracemalloc.start()
     base0, _ = tracemalloc.get_traced_memory()
     net = caffe.Net(param, caffe.TRAIN)
+    net.keep_forward_columns()  # as the Solver's training net: its kept columns are counted
     for name in net.inputs:
         net.blobs[name].data[...] = rng.standard_normal(net.blobs[name].shape, dtype=np.float32)
     built, _ = tracemalloc.get_traced_memory()

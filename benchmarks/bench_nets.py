@@ -19,6 +19,8 @@ Usage (from the repository root):
     python benchmarks/bench_nets.py --nets nin --iters 5 --per-layer
 
 Nothing here changes the BLAS thread count; run it as the tests run (OpenBLAS, 2 threads here).
+pycaffe_fc is imported before numpy, as the `fc-caffe` command does, so that its worker threads
+(im2col, col2im, pooling: see pycaffe_fc/threads.py) do not race OpenBLAS's idle spin.
 A benchmark only: it asserts nothing about time.
 """
 from __future__ import annotations
@@ -30,12 +32,14 @@ import sys
 import time
 from collections import defaultdict
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# before numpy, as in `fc-caffe`: pycaffe_fc settles the BLAS's idle spin before numpy loads it
+import pycaffe_fc  # noqa: E402,F401
+import numpy as np  # noqa: E402
 
 SHARED = os.environ.get("FC_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 REF = os.path.join(SHARED, "caffe-reference")
@@ -77,7 +81,9 @@ def load_net(path: str, batch: int):
         if lp.type == "Input":
             for shape in lp.input_param.shape:
                 shape.dim[0] = batch
-    return caffe.Net(param, caffe.TRAIN)
+    net = caffe.Net(param, caffe.TRAIN)
+    net.keep_forward_columns()  # as `fc-caffe time` and the Solver's training net do
+    return net
 
 
 def layer_flops(net) -> tuple[dict[str, float], tuple[int, int, int]]:

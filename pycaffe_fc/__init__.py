@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib as _importlib
 
+from . import _blas  # noqa: F401  (first: it must run before numpy loads the BLAS)
 from .backend import set_device, set_mode_cpu, set_mode_gpu  # noqa: F401
 from .blob import Blob  # noqa: F401
 from .errors import CaffeError  # noqa: F401

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .backend import get_array_module
+from .threads import num_threads, run_ranges
 
 
 def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
@@ -136,6 +137,37 @@ def _zero_outside(dst, osl, out_shape, lead: int) -> None:
             dst[pre + inner + (slice(s.stop, None),) + rest] = 0
 
 
+#: the least bytes of columns worth handing a range to another thread
+THREAD_MIN_BYTES = 1 << 20
+
+
+def _run_split(xp, fn, arrays_axes, n: int, bytes_total: int) -> None:
+    """fn(*parts) over ranges of ``n`` along the given axis of each array, on the worker threads
+    (see pycaffe_fc.threads); each range writes only its own slice of the output."""
+    def part(lo, hi):
+        views = []
+        for arr, axis in arrays_axes:
+            idx = [slice(None)] * arr.ndim
+            idx[axis] = slice(lo, hi)
+            views.append(arr[tuple(idx)])
+        fn(*views)
+
+    per_unit = max(1, bytes_total // max(n, 1))
+    run_ranges(part, n, xp, min_size=-(-THREAD_MIN_BYTES // per_unit))
+
+
+def _split_axes(c: int, nsp: int, batch_last: bool, threads_hint: int):
+    """Which axis to cut: (image/channel count axis of the image, of the columns, which count).
+
+    Images (the (C, N, *in) view) for the channel-major layout, where each image's rows stay
+    whole; channels for batch-last, whose rows run over the batch, unless there are too few."""
+    if not batch_last:
+        return 1, 1 + nsp, "n"
+    if c >= 2 * threads_hint:
+        return 0, 0, "c"
+    return -1, -1, "n"
+
+
 def im2col(x, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
            out_shape: Sequence[int], out=None, batch_last: bool = False):
     """Unroll ``x`` (N, C, *spatial) into columns (C, *kernel, N, *out_shape).
@@ -144,9 +176,11 @@ def im2col(x, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], 
     the batch becomes the innermost axis, so every copied row spans whole rows of the output times
     the batch (long rows, where numpy's cost per row otherwise dominates for small images).
     ``out`` may be any (possibly strided) view of the column shape, e.g. the Im2col layer's top
-    seen in this order; otherwise a new array is returned.
+    seen in this order; otherwise a new array is returned. Large unrollings are cut into ranges
+    of images (or channels) that run on the worker threads.
     """
     xp = get_array_module(x)
+    nsp = len(kernel)
     if batch_last:
         c, n, in_shape = x.shape[0], x.shape[-1], x.shape[1:-1]
         src, lead = x, 1                       # (C, *spatial, N)
@@ -157,14 +191,21 @@ def im2col(x, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], 
         shape = (c, *kernel, n, *out_shape)
     if out is None:
         out = xp.empty(shape, x.dtype)
+    offsets = _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation)
     pre = (slice(None),) * lead
-    for ks, osl, isl in _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
-        dst = out[(slice(None),) + ks]  # (C, N, *out) or (C, *out, N)
-        if any(s is None for s in osl):
-            dst[...] = 0
-            continue
-        xp.copyto(dst[pre + tuple(osl)], src[pre + tuple(isl)])
-        _zero_outside(dst, osl, out_shape, lead)
+
+    def unroll(src, out):
+        for ks, osl, isl in offsets:
+            dst = out[(slice(None),) + ks]  # (C, N, *out) or (C, *out, N)
+            if any(s is None for s in osl):
+                dst[...] = 0
+                continue
+            xp.copyto(dst[pre + tuple(osl)], src[pre + tuple(isl)])
+            _zero_outside(dst, osl, out_shape, lead)
+
+    src_axis, col_axis, which = _split_axes(c, nsp, batch_last, num_threads())
+    _run_split(xp, unroll, ((src, src_axis), (out, col_axis)), n if which == "n" else c,
+               out.size * out.itemsize)
     return out
 
 
@@ -173,21 +214,32 @@ def col2im(col, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int]
     """Fold columns (C, *kernel, N, *out) back into ``out`` (N, C, *in_shape), summing overlaps;
     with ``batch_last`` columns (C, *kernel, *out, N) into ``out`` (C, *in_shape, N).
 
-    ``out`` is overwritten (Caffe's col2im zeroes the image first)."""
+    ``out`` is overwritten (Caffe's col2im zeroes the image first). Ranges of images (or
+    channels) fold on the worker threads: overlapping windows only ever sum within one image."""
     xp = get_array_module(col)
     nsp = len(kernel)
     if batch_last:
         out_shape = col.shape[1 + nsp:-1]
         dst_all, lead = out, 1
+        n = out.shape[-1]
     else:
         out_shape = col.shape[2 + nsp:]
         dst_all, lead = out.swapaxes(0, 1), 2  # (C, N, *in)
-    out[...] = 0
+        n = out.shape[0]
+    c = col.shape[0]
+    offsets = _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation)
     pre = (slice(None),) * lead
-    for ks, osl, isl in _cached_offsets(in_shape, out_shape, kernel, stride, pad, dilation):
-        if any(s is None for s in osl):
-            continue
-        src = col[(slice(None),) + ks][pre + tuple(osl)]
-        dst = dst_all[pre + tuple(isl)]
-        xp.add(dst, src, out=dst)
+
+    def fold(col, dst_all):
+        dst_all[...] = 0
+        for ks, osl, isl in offsets:
+            if any(s is None for s in osl):
+                continue
+            src = col[(slice(None),) + ks][pre + tuple(osl)]
+            dst = dst_all[pre + tuple(isl)]
+            xp.add(dst, src, out=dst)
+
+    src_axis, col_axis, which = _split_axes(c, nsp, batch_last, num_threads())
+    _run_split(xp, fold, ((col, col_axis), (dst_all, src_axis)), n if which == "n" else c,
+               col.size * col.itemsize)
     return out

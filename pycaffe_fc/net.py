@@ -388,6 +388,15 @@ class Net:
         self.backward_from_to()
         return loss
 
+    def keep_forward_columns(self, on: bool = True) -> None:
+        """Let the layers that unroll their input (Convolution) keep the forward's columns for the
+        backward instead of recomputing them as Caffe does: only for nets whose every backward
+        follows a forward of the same bottoms (training, timing). See layers/conv.py."""
+        for i, layer in enumerate(self.layers):
+            keep = getattr(layer, "keep_forward_columns", None)
+            if keep is not None:
+                keep(on and self.layer_need_backward[i])
+
     def reshape(self) -> None:
         """Net::Reshape: propagate changed input shapes through every layer."""
         for i, layer in enumerate(self.layers):

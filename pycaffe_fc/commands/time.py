@@ -26,6 +26,7 @@ def main(args: argparse.Namespace) -> int:
     apply_device(args)
     phase, level, stages = net_state_from_args(args)
     net = Net(args.model, phase, level=level, stages=stages, weights=args.weights)
+    net.keep_forward_columns()  # as the training net does: timed forward/backward pairs
     out = sys.stdout
     print(f"Performing Forward", file=out)
     print(f"Initial loss: {net.forward_from_to()}", file=out)

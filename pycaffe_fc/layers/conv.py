@@ -13,10 +13,13 @@ data gradient a convolution's forward, with the weight stored as (C_in, C_out/gr
 """
 from __future__ import annotations
 
+import os
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import copy_transposed
 from ..errors import CaffeError
 from ..fillers import fill
 from ..im2col import col2im, conv_out_size, deconv_out_size, im2col, workspace
@@ -35,6 +38,18 @@ BATCH_LAST_MAX_WIDTH = 16
 #: afterwards (a temporary of N weights): no transposed copy of top_diff is needed at all, and
 #: OpenBLAS is slow on the one long-K product with a few outputs that it replaces
 STACKED_WGRAD_MAX_BYTES = 4 << 20
+
+
+def _column_cache_bytes() -> int:
+    value = os.environ.get("FC_CAFFE_COLUMN_CACHE_MB", "").strip()
+    try:
+        return max(0, int(float(value) * (1 << 20))) if value else 128 << 20
+    except ValueError:
+        raise CaffeError(f"FC_CAFFE_COLUMN_CACHE_MB must be a number of MiB, got {value!r}") from None
+
+
+#: bytes of forward columns kept for the backward by all Convolution layers together
+COLUMN_CACHE_BYTES = _column_cache_bytes()
 
 
 @dataclass
@@ -137,11 +152,16 @@ class _ConvGemm:
         self.stacked_wgrad = self.per_image and num * num_output * self.ckg * 4 <= STACKED_WGRAD_MAX_BYTES
 
     # column matrix (C*K, N*P) of ``img`` in the 'col' workspace; (C*K, P*N) when batch-last
-    def columns(self, img):
-        col = workspace("col", (self.c * self.k, self.n * self.p), self.xp)
+    @property
+    def columns_shape(self) -> tuple[int, int]:
+        return (self.c * self.k, self.n * self.p)
+
+    def columns(self, img, out=None):
+        """img's column matrix, into ``out`` (a buffer of ``columns_shape``) or the 'col' workspace."""
+        col = workspace("col", self.columns_shape, self.xp) if out is None else out
         if self.batch_last:
             xt = workspace("img_t", (self.c,) + self.in_sp + (self.n,), self.xp)
-            self.xp.copyto(xt.reshape(-1, self.n), img.reshape(self.n, -1).T)
+            copy_transposed(xt.reshape(-1, self.n), img.reshape(self.n, -1))
             im2col(xt, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.out_sp,
                    out=col.reshape((self.c,) + self.g.kernel + self.out_sp + (self.n,)), batch_last=True)
         elif self.is_1x1:
@@ -171,7 +191,7 @@ class _ConvGemm:
         res = workspace("aux", (G, self.og, n * p), xp)
         xp.matmul(w, col.reshape(G, self.ckg, n * p), out=res)
         if self.batch_last:
-            xp.copyto(out.reshape(n, -1), res.reshape(-1, n).T)
+            copy_transposed(out.reshape(n, -1), res.reshape(-1, n))
         else:
             xp.copyto(out4, res.reshape(G, self.og, n, p).transpose(2, 0, 1, 3))
 
@@ -179,7 +199,7 @@ class _ConvGemm:
         """dout (N, O, P) as an (O, N*P) matrix in the 'aux' workspace ((O, P*N) when batch-last)."""
         dt = workspace("aux", (self.o, self.n * self.p), self.xp)
         if self.batch_last:
-            self.xp.copyto(dt.reshape(-1, self.n), dout.reshape(self.n, -1).T)
+            copy_transposed(dt.reshape(-1, self.n), dout.reshape(self.n, -1))
         else:
             self.xp.copyto(dt.reshape(self.o, self.n, self.p), dout.reshape(self.n, self.o, self.p).swapaxes(0, 1))
         return dt
@@ -206,10 +226,11 @@ class _ConvGemm:
         xp.matmul(cols, dout.reshape(n, G, self.og, p).swapaxes(2, 3), out=tmp)
         weight_diff += tmp.sum(axis=0).swapaxes(1, 2).reshape(weight_diff.shape)
 
-    def data_grad(self, dout, dout_t, weight, img_diff) -> None:
+    def data_grad(self, dout, dout_t, weight, img_diff, col_buf=None) -> None:
         """img_diff = conv^T(dout): the GEMM into column space, then col2im (overwrites).
         With ``dout_t`` (dout as an (O, N*P) matrix, already made for the weight gradient) this is
-        one GEMM for the batch; otherwise per-image GEMMs when they are big enough."""
+        one GEMM for the batch; otherwise per-image GEMMs when they are big enough. ``col_buf``
+        (of ``columns_shape``) may stand in for the 'col' workspace."""
         xp, n, p, G = self.xp, self.n, self.p, self.group
         wt = self._w(weight).swapaxes(1, 2)  # (G, CgK, Og)
         nsp = self.g.num_spatial_axes
@@ -220,14 +241,14 @@ class _ConvGemm:
             d4 = dout.reshape(n, G, self.og, p)
             # per-image columns (N, C*K, P), written contiguously (a strided ``out`` would make
             # matmul allocate and copy a whole temporary), read by col2im in (C, *k, N, *out) order
-            col = workspace("col", (n, G, self.ckg, p), xp)
+            col = workspace("col", (n, G, self.ckg, p), xp) if col_buf is None else col_buf.reshape(n, G, self.ckg, p)
             xp.matmul(wt, d4, out=col)
             order = (1,) + tuple(range(2, 2 + nsp)) + (0,) + tuple(range(2 + nsp, 2 + 2 * nsp))
             cols = col.reshape((n, self.c) + self.g.kernel + self.out_sp).transpose(order)
         else:
             if dout_t is None:
                 dout_t = self.transposed_out(dout)
-            col = workspace("col", (self.c * self.k, n * p), xp)
+            col = workspace("col", self.columns_shape, xp) if col_buf is None else col_buf
             xp.matmul(wt, dout_t.reshape(G, self.og, n * p), out=col.reshape(G, self.ckg, n * p))
             if self.is_1x1:
                 xp.copyto(img_diff.reshape(n, self.c, p), col.reshape(self.c, n, p).swapaxes(0, 1))
@@ -236,7 +257,7 @@ class _ConvGemm:
                 xt = workspace("img_t", (self.c,) + self.in_sp + (n,), xp)
                 col2im(col.reshape((self.c,) + self.g.kernel + self.out_sp + (n,)), self.g.kernel, self.g.stride,
                        self.g.pad, self.g.dilation, self.in_sp, xt, batch_last=True)
-                xp.copyto(img_diff.reshape(n, -1), xt.reshape(-1, n).T)
+                copy_transposed(img_diff.reshape(n, -1), xt.reshape(-1, n))
                 return
             cols = col.reshape((self.c,) + self.g.kernel + (n,) + self.out_sp)
         col2im(cols, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.in_sp, img_diff)
@@ -334,22 +355,85 @@ class BaseConvolutionLayer(Layer):
             y3 += b.reshape(1, -1, 1)
 
 
+class _KeptColumns:
+    """One Convolution layer's forward columns, kept for its backward within a process-wide budget.
+
+    Caffe recomputes im2col in the backward pass (conv_layer.cpp: weight_cpu_gemm unrolls the
+    bottom again). In a training iteration the bottom cannot change between the two passes, so the
+    forward's columns can be kept instead, saving one unrolling per layer and pass, which is most
+    of the time outside the GEMMs for small images. Only nets that promise forward/backward pairs
+    keep them (Net.keep_forward_columns: the Solver's training net, `fc-caffe time`); layers
+    claim buffers in the order they first run, while the bytes claimed by all stay within
+    ``COLUMN_CACHE_BYTES`` (FC_CAFFE_COLUMN_CACHE_MB, default 128 MiB); a layer that does not fit
+    recomputes, as Caffe does. The data gradient's GEMM then writes into the same buffer, so the
+    layer needs no share of the shared column workspace.
+    """
+
+    used = 0  # bytes claimed by all layers of the process
+
+    def __init__(self) -> None:
+        self.buf = None
+        self.valid = False
+        self._finalizer = None
+
+    def claim(self, xp, shape) -> bool:
+        """A buffer of ``shape`` if it fits in the budget (kept while the shape stays)."""
+        if self.buf is not None and self.buf.shape == tuple(shape):
+            return True
+        self.release()
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+        if _KeptColumns.used + nbytes > COLUMN_CACHE_BYTES:
+            return False
+        self.buf = xp.empty(shape, np.float32)
+        _KeptColumns.used += nbytes
+        self._finalizer = weakref.finalize(self, _KeptColumns._give_back, nbytes)
+        return True
+
+    @staticmethod
+    def _give_back(nbytes: int) -> None:
+        _KeptColumns.used -= nbytes
+
+    def release(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self.buf, self.valid = None, False
+
+
 @register("Convolution")
 class ConvolutionLayer(BaseConvolutionLayer):
     """ConvolutionLayer: top = W * bottom + b, one GEMM per group over the whole batch."""
 
+    def keep_forward_columns(self, on: bool = True) -> None:
+        """Keep the forward's columns for the backward (see _KeptColumns); off: recompute."""
+        if not on and getattr(self, "_kept", None) is not None:
+            self._kept.release()
+        self._kept = _KeptColumns() if on else None
+
+    def _kept_buffer(self, n_bottom: int):
+        kept = getattr(self, "_kept", None)
+        gm = self._gemm
+        if kept is None or n_bottom != 1 or gm.is_1x1:
+            return None
+        return kept.buf if kept.claim(self.xp, gm.columns_shape) else None
+
     def forward(self, bottom, top):
         gm = self._gemm
+        keep = self._kept_buffer(len(bottom))
         for b, t in zip(bottom, top):
             x = b.data.reshape((self.num, self.channels) + self.in_sp)
             y = t.data.reshape((self.num, self.num_output) + self.out_sp)
-            gm.forward(x, self.blobs[0].data, y)
+            col = None if keep is None else gm.columns(x, keep)
+            gm.forward(x, self.blobs[0].data, y, col=col)
             self._add_bias(y)
+        if keep is not None:
+            self._kept.valid = True
 
     def backward(self, top, propagate_down, bottom):
         gm = self._gemm
         want_w = self.param_propagate_down[0]
         want_b = self.bias_term and self.param_propagate_down[1]
+        keep = self._kept_buffer(len(bottom))
         for b, t, prop in zip(bottom, top, propagate_down):
             if not (want_w or want_b or prop):
                 continue
@@ -362,13 +446,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if want_b:
                 gm.bias_grad(dy, dy_t, self.blobs[1].diff)
             if want_w:
-                if gm.stacked_wgrad:
-                    gm.weight_grad_stacked(x, None if gm.is_1x1 else gm.columns(x), dy, self.blobs[0].diff)
+                if gm.is_1x1:
+                    col = None
+                elif keep is not None and self._kept.valid:
+                    col = keep
                 else:
-                    gm.weight_grad(gm.columns(x), dy_t, self.blobs[0].diff)
+                    col = gm.columns(x, keep)
+                if gm.stacked_wgrad:
+                    gm.weight_grad_stacked(x, col, dy, self.blobs[0].diff)
+                else:
+                    gm.weight_grad(gm.columns(x) if col is None else col, dy_t, self.blobs[0].diff)
             if prop:
                 dx = b.diff.reshape((self.num, self.channels) + self.in_sp)
-                gm.data_grad(dy, dy_t, self.blobs[0].data, dx)
+                gm.data_grad(dy, dy_t, self.blobs[0].data, dx, col_buf=keep)
+            if keep is not None:
+                self._kept.valid = False  # overwritten by the data gradient, or used once
 
 
 @register("Deconvolution")

@@ -16,11 +16,14 @@ import numpy as np
 from ..errors import CaffeError
 from ..im2col import _cached_offsets, scatter_add, workspace
 from ..rng import get_rng
+from ..threads import run_ranges
 from .base import TRAIN, Layer, register
 
 MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1
 FLT_MAX = float(np.finfo(np.float32).max)
+#: the least wide-layout entries worth handing a range of planes to another thread
+PLANES_MIN_ENTRIES = 1 << 16
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: int = CEIL) -> int:
@@ -109,7 +112,7 @@ class WideLayout:
         # the planes of all images and channels form one row: outputs sit at q = plane index *
         # Hph*Wph + oy*Wph + ox, and every offset reads q + its shift, so each view is one slice
         self.size = self.nc * self.plane
-        self.length = self.size - max(shift for _, shift in self.offsets)
+        self.max_shift = max(shift for _, shift in self.offsets)
         # the input itself is the (single) phase plane when nothing pads or strides it
         self.direct = sh == 1 and sw == 1 and self.hph == h and self.wph == w
         self.phases = []
@@ -120,13 +123,18 @@ class WideLayout:
                     ny, nx = len(range(y0, h, sh)), len(range(x0, w, sw))
                     self.phases.append((a * sw + b, y0, x0, (y0 + ph) // sh, (x0 + pw) // sw, ny, nx))
 
-    def padded(self, xp, x, fill: float, slot: str):
-        """x (N, C, H, W) split into its padded stride phases, a (sh*sw, N*C, Hph*Wph) buffer."""
+    def buffer(self, xp, x, slot: str):
+        """The (sh*sw, N*C, Hph*Wph) phase buffer for x (x itself when nothing pads or strides)."""
         if self.direct:
             return x.reshape(1, self.nc, self.plane)
-        buf = workspace(slot, (self.sh * self.sw, self.nc, self.plane), xp)
-        b5 = buf.reshape(-1, self.nc, self.hph, self.wph)
-        x3 = x.reshape(self.nc, self.h, self.w)
+        return workspace(slot, (self.sh * self.sw, self.nc, self.plane), xp)
+
+    def pad_into(self, buf, x, fill: float, p0: int, p1: int) -> None:
+        """Planes [p0, p1) of x (N, C, H, W) split into their padded stride phases in ``buf``."""
+        if self.direct:
+            return
+        b5 = buf.reshape(-1, self.nc, self.hph, self.wph)[:, p0:p1]
+        x3 = x.reshape(self.nc, self.h, self.w)[p0:p1]
         filled = set()
         for p, y0, x0, r0, c0, ny, nx in self.phases:
             b5[p, :, r0:r0 + ny, c0:c0 + nx] = x3[:, y0::self.sh, x0::self.sw]
@@ -139,23 +147,33 @@ class WideLayout:
         for p in range(self.sh * self.sw):
             if p not in filled:
                 b5[p] = fill
-        return buf
 
-    def unpad(self, buf, out) -> None:
-        """The inverse of ``padded``: out (N, C, H, W) = the image pixels of the phase buffer."""
-        b5 = buf.reshape(-1, self.nc, self.hph, self.wph)
-        o3 = out.reshape(self.nc, self.h, self.w)
+    def unpad(self, buf, out, p0: int, p1: int) -> None:
+        """The inverse of ``pad_into`` for planes [p0, p1): out (N, C, H, W) = the image pixels."""
+        b5 = buf.reshape(-1, self.nc, self.hph, self.wph)[:, p0:p1]
+        o3 = out.reshape(self.nc, self.h, self.w)[p0:p1]
         for p, y0, x0, r0, c0, ny, nx in self.phases:
             o3[:, y0::self.sh, x0::self.sw] = b5[p, :, r0:r0 + ny, c0:c0 + nx]
 
-    def view(self, buf, k: int):
-        """The wide row of kernel offset k: a slice of one phase of the buffer."""
-        phase, shift = self.offsets[k]
-        return buf[phase].reshape(-1)[shift:shift + self.length]
+    def span(self, p0: int, p1: int) -> slice:
+        """The wide positions q of planes [p0, p1) whose windows stay inside those planes.
 
-    def valid(self, wide):
-        """The (N*C, oh, ow) outputs inside a wide array of N*C*Hph*Wph entries."""
-        return wide.reshape(self.nc, self.hph, self.wph)[:, :self.oh, :self.ow]
+        Every output (oy < oh, ox < ow) of the planes is among them, and every offset reads and
+        writes q + shift within the planes: ranges of planes never touch each other's entries."""
+        return slice(p0 * self.plane, p1 * self.plane - self.max_shift)
+
+    def view(self, buf, k: int, span: slice):
+        """Kernel offset k's entries of the phase buffer for the wide positions ``span``."""
+        phase, shift = self.offsets[k]
+        return buf[phase].reshape(-1)[span.start + shift:span.stop + shift]
+
+    def valid(self, wide, p0: int = 0, p1: int | None = None):
+        """The (planes, oh, ow) outputs inside a wide array of N*C*Hph*Wph entries."""
+        return wide.reshape(self.nc, self.hph, self.wph)[p0:p1, :self.oh, :self.ow]
+
+    def planes(self, xp, fn) -> None:
+        """fn(p0, p1) over ranges of planes, on the worker threads (pycaffe_fc.threads)."""
+        run_ranges(fn, self.nc, xp, min_size=-(-PLANES_MIN_ENTRIES // self.plane))
 
 
 class PoolingKernel:
@@ -181,29 +199,35 @@ class PoolingKernel:
             top.reshape(n, c)[...] = xp.take_along_axis(x3, idx[:, :, None], axis=2)[:, :, 0]
             self.argmax, self.argmax_is_plane = idx, True
             return
-        # outside the image counts as -FLT_MAX, Caffe's initial value: clipped windows ignore it
-        xpad = lay.padded(xp, x, -FLT_MAX, "pool_in")
         nk = len(lay.offsets)
-        wide = workspace("pool_wide", (lay.size,), xp)
-        m = wide[:lay.length]
-        xp.copyto(m, lay.view(xpad, 0))
-        for k in range(1, nk):
-            xp.maximum(m, lay.view(xpad, k), out=m)
-        # the first maximum in scan order: walk the offsets backwards, the earliest equal one wins
         dt = np.uint8 if nk < 256 else (np.int16 if nk < 32768 else np.int32)
         idx = self.argmax
         if idx is None or self.argmax_is_plane or idx.dtype != dt or idx.shape != (lay.size,):
             idx = xp.zeros((lay.size,), dt)
-        iv = idx[:lay.length]
-        eq = workspace("pool_eq", m.shape, xp, np.bool_)
-        tmp = workspace("pool_tmp", m.shape, xp, dt)
-        for k in range(nk - 1, -1, -1):
-            xp.equal(lay.view(xpad, k), m, out=eq)
-            # iv = eq ? k : iv without a masked copy (slow in numpy): iv -= (iv - k) * eq
-            xp.subtract(iv, dt(k), out=tmp)
-            xp.multiply(tmp, eq.view(np.uint8) if dt == np.uint8 else eq, out=tmp, casting="unsafe")
-            xp.subtract(iv, tmp, out=iv)
-        xp.copyto(top.reshape(lay.nc, lay.oh, lay.ow), lay.valid(wide))
+        xpad = lay.buffer(xp, x, "pool_in")
+        wide = workspace("pool_wide", (lay.size,), xp)
+        eq_all = workspace("pool_eq", (lay.size,), xp, np.bool_)
+        tmp_all = workspace("pool_tmp", (lay.size,), xp, dt)
+        top3 = top.reshape(lay.nc, lay.oh, lay.ow)
+
+        def planes(p0, p1):
+            # outside the image counts as -FLT_MAX, Caffe's initial value: clipped windows ignore it
+            lay.pad_into(xpad, x, -FLT_MAX, p0, p1)
+            span = lay.span(p0, p1)
+            m, iv, eq, tmp = wide[span], idx[span], eq_all[span], tmp_all[span]
+            xp.copyto(m, lay.view(xpad, 0, span))
+            for k in range(1, nk):
+                xp.maximum(m, lay.view(xpad, k, span), out=m)
+            # the first maximum in scan order: walk the offsets backwards, the earliest equal one wins
+            for k in range(nk - 1, -1, -1):
+                xp.equal(lay.view(xpad, k, span), m, out=eq)
+                # iv = eq ? k : iv without a masked copy (slow in numpy): iv -= (iv - k) * eq
+                xp.subtract(iv, dt(k), out=tmp)
+                xp.multiply(tmp, eq.view(np.uint8) if dt == np.uint8 else eq, out=tmp, casting="unsafe")
+                xp.subtract(iv, tmp, out=iv)
+            xp.copyto(top3[p0:p1], lay.valid(wide, p0, p1))
+
+        lay.planes(xp, planes)
         self.argmax, self.argmax_is_plane = idx, False
 
     def plane_index(self, flat: bool = False):
@@ -259,13 +283,20 @@ class PoolingKernel:
             s = x.reshape(n, c, h * w).sum(axis=2)
             xp.divide(s, np.float32(h * w), out=top.reshape(n, c))
             return
-        xpad = lay.padded(xp, x, 0.0, "pool_in")
+        xpad = lay.buffer(xp, x, "pool_in")
         wide = workspace("pool_wide", (lay.size,), xp)
-        acc = wide[:lay.length]
-        xp.copyto(acc, lay.view(xpad, 0))
-        for k in range(1, len(lay.offsets)):
-            xp.add(acc, lay.view(xpad, k), out=acc)
-        xp.divide(lay.valid(wide).reshape(n, c, lay.oh, lay.ow), self.divisor(), out=top)
+        top3, div = top.reshape(lay.nc, lay.oh, lay.ow), self.divisor()
+
+        def planes(p0, p1):
+            lay.pad_into(xpad, x, 0.0, p0, p1)
+            span = lay.span(p0, p1)
+            acc = wide[span]
+            xp.copyto(acc, lay.view(xpad, 0, span))
+            for k in range(1, len(lay.offsets)):
+                xp.add(acc, lay.view(xpad, k, span), out=acc)
+            xp.divide(lay.valid(wide, p0, p1), div, out=top3[p0:p1])
+
+        lay.planes(xp, planes)
 
     def _ave_backward(self, dtop, dbottom) -> None:
         xp, g, lay = self.xp, self.g, self.wide
@@ -273,20 +304,25 @@ class PoolingKernel:
         if g.whole_image:
             dbottom.reshape(n, c, h * w)[...] = (dtop.reshape(n, c) / np.float32(h * w))[:, :, None]
             return
-        d = workspace("pool_wide", (lay.size,), xp)
-        d[...] = 0
-        xp.divide(dtop, self.divisor(), out=lay.valid(d).reshape(n, c, lay.oh, lay.ow))
-        d = d[:lay.length]
-        if lay.direct:
-            grad = dbottom.reshape(1, lay.nc, lay.plane)
-        else:
-            grad = workspace("pool_grad", (lay.sh * lay.sw, lay.nc, lay.plane), xp)
-        grad[...] = 0
-        for k in range(len(lay.offsets)):
-            v = lay.view(grad, k)
-            xp.add(v, d, out=v)
-        if not lay.direct:
-            lay.unpad(grad, dbottom)
+        d_all = workspace("pool_wide", (lay.size,), xp)
+        grad = dbottom.reshape(1, lay.nc, lay.plane) if lay.direct else \
+            workspace("pool_grad", (lay.sh * lay.sw, lay.nc, lay.plane), xp)
+        dtop3, div = dtop.reshape(lay.nc, lay.oh, lay.ow), self.divisor()
+
+        def planes(p0, p1):
+            planes_all = slice(p0 * lay.plane, p1 * lay.plane)
+            d_all[planes_all] = 0
+            xp.divide(dtop3[p0:p1], div, out=lay.valid(d_all, p0, p1))
+            grad[:, p0:p1] = 0
+            span = lay.span(p0, p1)
+            d = d_all[span]
+            for k in range(len(lay.offsets)):
+                v = lay.view(grad, k, span)
+                xp.add(v, d, out=v)
+            if not lay.direct:
+                lay.unpad(grad, dbottom, p0, p1)
+
+        lay.planes(xp, planes)
 
     # -- STOCHASTIC (Caffe has it on the GPU only; same sampling rule here) -------------------
     def _windows(self, x):

@@ -156,6 +156,8 @@ class Solver:
         net_param.state.CopyFrom(state)
         net = Net(net_param, state.phase)
         net.source = source
+        # every backward of the training net follows its forward: no need to unroll twice
+        net.keep_forward_columns()
         for w in p.weights:
             load_net_weights(net, w, self.is_root)
         return net
