@@ -71,6 +71,16 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_pool_in_child() -> None:
+    # a forked child has none of the parent's threads: it starts a pool of its own when needed
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def split(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     """[0, n) as at most ``parts`` contiguous, nearly equal ranges, boundaries multiples of ``align``."""
     parts = max(1, min(parts, n // max(align, 1) or 1))

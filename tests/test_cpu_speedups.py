@@ -280,3 +280,19 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "c3" bottom: "y" top: "loss" 
     train = [getattr(l, "_kept", None) for l in solver.net.layers if l.type == "Convolution"]
     test = [getattr(l, "_kept", None) for l in solver.test_nets[0].layers if l.type == "Convolution"]
     assert all(k is not None for k in train) and all(k is None for k in test)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_pool(split_everything):
+    threads.run_ranges(lambda lo, hi: None, 10)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: would hang on the parent's (absent) threads without its own pool
+        code = 4
+        try:
+            out = np.zeros(12)
+            threads.run_ranges(lambda lo, hi: out.__setitem__(slice(lo, hi), 1), 12)
+            code = 0 if out.all() else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
