@@ -372,8 +372,39 @@ class PoolingKernel:
         else:
             self._sto_forward_test(x, top)
 
+    def _max_backward(self, dtop, dbottom) -> None:
+        """_route for the wide-layout argmax, on ranges of planes: each range turns its own argmax
+        into pixel indices and scatters into its own planes of the bottom (worker threads)."""
+        xp, g, lay = self.xp, self.g, self.wide
+        if self._tables is None:
+            self._tables = (xp.asarray(g.plane_base()), xp.asarray(g.offset_table()))
+        base, table = self._tables
+        hw = self.shape[2] * self.shape[3]
+        keep = None if g.empty is None else ~xp.asarray(g.empty)
+        k_all = lay.valid(self.argmax)
+        d_all = dtop.reshape(lay.nc, lay.oh, lay.ow)
+        db_all = dbottom.reshape(lay.nc, hw)
+
+        def planes(p0, p1):
+            flat = xp.take(table, k_all[p0:p1])
+            flat += base
+            flat += (xp.arange(p1 - p0, dtype=np.int64) * hw).reshape(-1, 1, 1)
+            d = d_all[p0:p1]
+            if keep is not None:  # windows with no pixel of the image pass nothing back
+                flat, d = flat[:, keep], d[:, keep]
+            db = db_all[p0:p1].reshape(-1)
+            db[...] = 0
+            if g.overlapping:
+                scatter_add(xp, db, flat.reshape(-1), d.reshape(-1))
+            else:  # each pixel belongs to at most one window: a plain scatter
+                db[flat.reshape(-1)] = d.reshape(-1)
+
+        lay.planes(xp, planes)
+
     def backward(self, dtop, dbottom) -> None:
-        if self.method == MAX:
+        if self.method == MAX and not self.argmax_is_plane:
+            self._max_backward(dtop, dbottom)
+        elif self.method == MAX:
             self._route(self.plane_index(flat=True), dtop, dbottom)
         elif self.method == AVE:
             self._ave_backward(dtop, dbottom)
