@@ -23,6 +23,7 @@ from ..backend import copy_transposed
 from ..errors import CaffeError
 from ..fillers import fill
 from ..im2col import col2im, conv_out_size, deconv_out_size, im2col, workspace
+from ..threads import run_ranges
 from .base import Layer, register
 
 #: per-image GEMMs (no layout copies) pay off once each is big: at least this many output
@@ -262,13 +263,22 @@ class _ConvGemm:
             cols = col.reshape((self.c,) + self.g.kernel + (n,) + self.out_sp)
         col2im(cols, self.g.kernel, self.g.stride, self.g.pad, self.g.dilation, self.in_sp, img_diff)
 
+    def _ones(self, size: int):
+        """A vector of ones (Caffe's bias_multiplier), kept per length."""
+        ones = getattr(self, "_ones_vec", None)
+        if ones is None or ones.shape[0] != size:
+            ones = self._ones_vec = self.xp.ones(size, np.float32)
+        return ones
+
     def bias_grad(self, dout, dout_t, bias_diff) -> None:
-        """bias_diff += the sum of dout over the batch and positions (Caffe: a GEMV with ones;
-        a plain reduction here, which stays fast when BLAS threads compete for the cores)."""
+        """bias_diff += the sum of dout over the batch and positions: as Caffe, a GEMV with a
+        vector of ones (several times faster than numpy's reduction over the rows)."""
+        xp = self.xp
         if dout_t is not None:
-            bias_diff += dout_t.sum(axis=1)
+            bias_diff += xp.matmul(dout_t.reshape(self.o, -1), self._ones(self.n * self.p))
         else:
-            bias_diff += dout.reshape(self.n, self.o, self.p).sum(axis=2).sum(axis=0)
+            per_image = xp.matmul(dout.reshape(self.n * self.o, self.p), self._ones(self.p))
+            bias_diff += per_image.reshape(self.n, self.o).sum(axis=0)
 
 
 class BaseConvolutionLayer(Layer):
@@ -350,9 +360,14 @@ class BaseConvolutionLayer(Layer):
 
     def _add_bias(self, y) -> None:
         if self.bias_term:
-            b = self.blobs[1].data
+            b = self.blobs[1].data.reshape(1, -1, 1)
             y3 = y.reshape(self.num, self.num_output, -1)
-            y3 += b.reshape(1, -1, 1)
+
+            def images(lo, hi):
+                part = y3[lo:hi]
+                self.xp.add(part, b, out=part)
+
+            run_ranges(images, self.num, self.xp, min_size=-(-(1 << 18) // max(y3[0].size, 1)))
 
 
 class _KeptColumns:
