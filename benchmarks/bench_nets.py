@@ -4,7 +4,7 @@
 For LeNet (batch 64), cifar10_quick (batch 100), NiN-ImageNet and GoogLeNet (batch 8, 224x224)
 this times ``forward`` then ``backward`` with ``force_backward: true`` (so the input gradient is
 computed too, as in ``caffe time`` on the ``*_fb`` nets of ../shared/caffe-reference), in TRAIN
-phase as ``caffe time`` builds its net, after one warm-up pass. It counts the nets' FLOPs (a
+phase as ``caffe time`` builds its net, after 2 s of warm-up passes. It counts the nets' FLOPs (a
 multiply-add is 2 FLOPs; Convolution, Deconvolution and InnerProduct forward; backward counted as
 2x forward for the weight and input gradients) and prints the achieved GFLOP/s beside numpy's
 float32 GEMM rate (np.matmul of 1024x1024 matrices) measured just before each timed pass, their
@@ -137,8 +137,9 @@ class GemmProbe:
         return self.flop / best / 1e9
 
 
-def time_net(net, iters: int, per_layer: bool, probe: GemmProbe):
-    """Time ``iters`` forward+backward passes after one warm-up pass. Returns per-pass lists of
+def time_net(net, iters: int, per_layer: bool, probe: GemmProbe, warmup_s: float = 2.0):
+    """Time ``iters`` forward+backward passes after ``warmup_s`` seconds of them (at least one
+    pass). Returns per-pass lists of
     forward ms, backward ms and the GEMM rate measured just before the pass, and per layer the
     best forward and backward ms."""
     rng = np.random.default_rng(0)
@@ -156,9 +157,16 @@ def time_net(net, iters: int, per_layer: bool, probe: GemmProbe):
     if per_layer:
         for i, layer in enumerate(net.layers):
             _instrument(layer, net._layer_names[i], layer_ms)
-    net.forward()
-    set_top_diffs()
-    net.backward()
+    # warm up for a while, not one pass: on a VM whose cores sat idle, wake-ups of the other
+    # core stay slow for the first second or so, which the many short thread hand-offs of the
+    # small nets feel (a training run is long past that)
+    t_end = time.perf_counter() + warmup_s
+    while True:
+        net.forward()
+        set_top_diffs()
+        net.backward()
+        if time.perf_counter() >= t_end:
+            break
     layer_ms.clear()
     fwd, bwd, gemm = [], [], []
     for _ in range(iters):
@@ -197,6 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default=",".join(NETS), help="comma-separated subset of " + ", ".join(NETS))
     ap.add_argument("--iters", type=int, default=0, help="timed passes per net (default: 20 for LeNet, "
                                                          "10 for cifar10_quick, 5 for NiN and GoogLeNet)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of untimed passes first (default 2)")
     ap.add_argument("--per-layer", action="store_true", help="also print each layer's forward/backward ms")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
@@ -225,7 +234,7 @@ def main(argv=None) -> int:
         total_flops = 3.0 * sum(flops.values())  # forward + backward (weights and input gradients)
         typical = gemm_rate(*shape, seconds=0.3)
         iters = args.iters or default_iters.get(key, 5)
-        fwd, bwd, gemm, per_layer = time_net(net, iters, args.per_layer, probe)
+        fwd, bwd, gemm, per_layer = time_net(net, iters, args.per_layer, probe, args.warmup)
         total = [f + b for f, b in zip(fwd, bwd)]
         rates = [total_flops / (t / 1e3) / 1e9 for t in total]
         ratios = [r / g for r, g in zip(rates, gemm)]
