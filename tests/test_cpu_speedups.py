@@ -296,3 +296,13 @@ def test_a_forked_child_gets_its_own_pool(split_everything):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_a_bad_column_budget_is_a_one_line_error(tmp_path):
+    net_file = tmp_path / "k.prototxt"
+    net_file.write_text(CONV_NET)
+    env = dict(os.environ, PYTHONPATH=ROOT, FC_CAFFE_COLUMN_CACHE_MB="lots")
+    r = subprocess.run([sys.executable, "-m", "pycaffe_fc", "time", "--model", str(net_file), "--iterations", "1"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "FC_CAFFE_COLUMN_CACHE_MB must be a number of MiB, got 'lots'" in r.stderr

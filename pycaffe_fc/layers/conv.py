@@ -49,8 +49,9 @@ def _column_cache_bytes() -> int:
         raise CaffeError(f"FC_CAFFE_COLUMN_CACHE_MB must be a number of MiB, got {value!r}") from None
 
 
-#: bytes of forward columns kept for the backward by all Convolution layers together
-COLUMN_CACHE_BYTES = _column_cache_bytes()
+#: bytes of forward columns kept for the backward by all Convolution layers together (None: read
+#: FC_CAFFE_COLUMN_CACHE_MB when first needed, so a bad value is a layer's error, not an import's)
+COLUMN_CACHE_BYTES: int | None = None
 
 
 @dataclass
@@ -397,7 +398,8 @@ class _KeptColumns:
             return True
         self.release()
         nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        if _KeptColumns.used + nbytes > COLUMN_CACHE_BYTES:
+        budget = COLUMN_CACHE_BYTES if COLUMN_CACHE_BYTES is not None else _column_cache_bytes()
+        if _KeptColumns.used + nbytes > budget:
             return False
         self.buf = xp.empty(shape, np.float32)
         _KeptColumns.used += nbytes
