@@ -4,7 +4,7 @@ Caffe's CPU path is multi-threaded only inside its BLAS; its im2col, col2im and 
 on one core, and so would numpy's. Here those loops are cut into independent ranges (disjoint
 images, channels or output positions, so no two threads write the same element) and run on a
 small thread pool: numpy releases the GIL inside its copies and ufuncs, so the ranges really run
-side by side. Smaller ranges also stay in cache while the loop over kernel offsets revisits them.
+side by side.
 
 The thread count follows ``FC_CAFFE_NUM_THREADS``, else ``OMP_NUM_THREADS`` (which the MPI
 launcher sets to cores/ranks, as for the BLAS), else the cores this process may run on; it is 1
@@ -81,43 +81,32 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def split(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
-    """[0, n) as at most ``parts`` contiguous, nearly equal ranges, boundaries multiples of ``align``."""
-    parts = max(1, min(parts, n // max(align, 1) or 1))
-    units = -(-n // align)
-    bounds = [min(n, (units * i // parts) * align) for i in range(parts + 1)]
-    bounds[-1] = n
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) as at most ``parts`` contiguous, nearly equal, non-empty ranges."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
     return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
 
-def run_ranges(fn: Callable[[int, int], None], n: int, xp=np, *, min_size: int = 1,
-               align: int = 1, block: int | None = None) -> None:
+def run_ranges(fn: Callable[[int, int], None], n: int, xp=np, *, min_size: int = 1) -> None:
     """Call ``fn(lo, hi)`` on ranges covering [0, n) exactly once each.
 
-    On numpy the ranges run on the worker threads: one per thread, or ranges of about ``block``
-    items when that gives more (cache blocking). ``min_size`` is the least work worth a thread;
-    below it, or with one thread, or on CuPy, or when already inside a worker, it is one call.
-    ``fn`` must write only what its own range owns.
+    On numpy the ranges (one per thread) run on the worker threads. ``min_size`` is the least
+    work worth a thread; below it, or with one thread, or on CuPy, or when already inside a
+    worker, it is one call. ``fn`` must write only what its own range owns.
     """
     threads = num_threads() if xp is np else 1
     if threads <= 1 or n < 2 * max(min_size, 1) or getattr(_local, "inside", False):
-        if block and xp is np and n > block:
-            for lo, hi in split(n, -(-n // block), align):
-                fn(lo, hi)
-        else:
-            fn(0, n)
+        fn(0, n)
         return
-    parts = min(threads, n // max(min_size, 1))
-    if block:
-        parts = max(parts, -(-n // block))
-    ranges = split(n, parts, align)
+    ranges = split(n, min(threads, n // max(min_size, 1)))
     pending = iter(ranges)
     take = threading.Lock()
     errors: list[BaseException] = []
 
     def work() -> None:
-        # every participant pulls ranges until none is left: balanced even when ranges outnumber
-        # threads, and the calling thread is one of the participants (one hand-off fewer)
+        # every participant pulls ranges until none is left; the calling thread is one of them
+        # (one hand-off fewer)
         _local.inside = True
         try:
             while not errors:
