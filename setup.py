@@ -17,12 +17,15 @@ setup(
         "mpi4py>=4.0",
         "mpich>=4.2",          # the MPI library (and its mpiexec) that mpi4py runs on
         "lmdb>=1.4",
+        "plyvel>=1.5",         # LevelDB (Caffe's other database backend)
         "opencv-python-headless>=4.8",
         "h5py>=3.8",
         "tqdm>=4.60",
     ],
     extras_require={
-        "gpu": ["cupy-cuda12x>=13"],
+        # CuPy 14 with its [ctk] extra brings the CUDA runtime libraries from PyPI: only the
+        # NVIDIA driver is needed on the machine
+        "gpu": ["cupy-cuda12x[ctk]>=14"],
         "plot": ["matplotlib>=3.7"],
         "draw": ["pydot>=2.0"],
         "proto": ["grpcio-tools==1.85.1"],  # protoc 35.1, to regenerate caffe_pb2.py

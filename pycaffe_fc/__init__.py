@@ -2,7 +2,9 @@
 
 ``import pycaffe_fc as caffe`` gives pycaffe's surface: ``caffe.Net``, ``caffe.TRAIN``/``TEST``,
 ``caffe.set_mode_cpu()``/``set_mode_gpu()``/``set_device()``, ``caffe.SGDSolver``/``get_solver``,
-``caffe.io``, ``caffe.layer_type_list()``, ``caffe.set_random_seed``.
+``caffe.io``, ``caffe.layer_type_list()``, ``caffe.set_random_seed``, ``caffe.coord_map``,
+``caffe.Timer``, ``caffe.NCCL``/``has_nccl``, ``caffe.solver_count``/``solver_rank`` and their
+setters, ``caffe.set_multiprocess``, ``caffe.init_log``/``log``.
 """
 from __future__ import annotations
 
@@ -17,11 +19,16 @@ from .net import Net  # noqa: F401
 from .rng import set_random_seed  # noqa: F401
 from . import net_spec as _net_spec
 from .pycaffe_extras import install as _install_extras
+from .pycaffe_extras import install_solver as _install_solver_extras
+from .pycaffe_extras import (NCCL, Timer, has_nccl, init_log, log, set_multiprocess,  # noqa: F401
+                             set_solver_count, set_solver_rank, solver_count, solver_rank)
+from .solvers.solver import Solver  # noqa: F401  (pycaffe's caffe.Solver base class)
 
 # pycaffe's ``caffe.layers`` is NetSpec's layer factory; our layer implementations stay importable
 # as the ``pycaffe_fc.layers`` subpackage (the factory forwards lower-case module names to it).
 layers = _net_spec.layers
 _install_extras(Net)
+_install_solver_extras(Solver)
 
 __version__ = "0.1.0"
 
@@ -30,6 +37,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "io": ("pycaffe_fc.io", None),
     "draw": ("pycaffe_fc.draw", None),
+    "coord_map": ("pycaffe_fc.coord_map", None),
     "NetSpec": ("pycaffe_fc.net_spec", "NetSpec"),
     "params": ("pycaffe_fc.net_spec", "params"),
     "to_proto": ("pycaffe_fc.net_spec", "to_proto"),

@@ -20,9 +20,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "device_query": ("device_query", "show the compute devices"),
     "upgrade_net_proto_text": ("upgrade", "upgrade a V0/V1 net prototxt to the current format"),
     "upgrade_solver_proto_text": ("upgrade_solver", "upgrade a solver prototxt (solver_type enum)"),
-    "convert_imageset": ("convert_imageset", "convert images + list file into an LMDB of Datum"),
-    "compute_image_mean": ("compute_image_mean", "compute the mean image of an LMDB"),
-    "convert_mnist_data": ("convert_mnist_data", "convert MNIST-format IDX files into an LMDB"),
+    "upgrade_net_proto_binary": ("upgrade_binary", "upgrade a V0/V1 binary net (.caffemodel) to the current format"),
+    "convert_imageset": ("convert_imageset", "convert images + list file into an LMDB or LevelDB of Datum"),
+    "compute_image_mean": ("compute_image_mean", "compute the mean image of an LMDB or LevelDB"),
+    "convert_mnist_data": ("convert_mnist_data", "convert MNIST-format IDX files into an LMDB or LevelDB"),
+    "extract_features": ("extract_features", "write a net's blobs, image by image, into databases "
+                         "(as Caffe's extract_features)"),
+    "classify": ("classify", "classify images with a deploy net (as pycaffe's classify.py)"),
+    "detect": ("detect", "score image windows with a deploy net (as pycaffe's detect.py)"),
+    "parse_log": ("parse_log", "parse a training log into .train/.test CSV files (Caffe's parse_log.py)"),
+    "plot_training_log": ("plot_training_log", "plot training logs to a PNG (Caffe's plot_training_log.py)"),
     "comm-model": ("comm_model", "FireCaffe's communication model (Eq. 1-4) for a net"),
     "draw_net": ("draw_net", "draw a net prototxt to an image (graphviz)"),
 }
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._main(args) or 0)
     except CaffeError as e:
-        print(f"fc-caffe {args.command}: error: {e}", file=sys.stderr)
+        print(f"fc-caffe {args.command}: error: {getattr(e, 'caffe_context', None) or e}", file=sys.stderr)
         return 1
     except OSError as e:  # a path the user gave that cannot be read or written
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -62,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fc-caffe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # raised inside a user's Python layer: it carries one line of context (layer, verb, line)
+        context = getattr(e, "caffe_context", None)
+        if not context:
+            raise
+        print(f"fc-caffe {args.command}: error: {context}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

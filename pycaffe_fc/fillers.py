@@ -67,4 +67,4 @@ def fill(param, blob: Blob) -> None:
         values = np.broadcast_to(np.outer(w1, w1), shape)
     else:
         raise CaffeError(f"unknown filler type '{kind}'")
-    blob.data[...] = backend.asarray(np.asarray(values, np.float32))
+    backend.assign(blob.data, np.asarray(values, np.float32))

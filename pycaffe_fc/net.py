@@ -6,6 +6,7 @@ lr_mult/decay_mult kept per learnable parameter, and copying weights by layer na
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
@@ -14,7 +15,8 @@ import numpy as np
 from . import backend
 from .blob import Blob
 from .errors import CaffeError
-from .layers.base import Layer, create_layer
+from .memory import AllocationError
+from .layers.base import Layer, UnknownLayerType, create_layer
 from .proto import caffe_pb2
 
 PERMISSIVE = 1  # ParamSpec.DimCheckMode
@@ -119,7 +121,7 @@ class Net:
     """caffe::Net with pycaffe's Python surface (``blobs``, ``params``, ``forward``...)."""
 
     def __init__(self, network, *args, phase: int | None = None, weights: str | None = None,
-                 level: int = 0, stages: Iterable[str] = ()) -> None:
+                 level: int = 0, stages: Iterable[str] = (), source: str | None = None) -> None:
         # pycaffe forms: Net(proto, phase), Net(proto, weights, phase), Net(proto, phase, weights=...)
         for a in args:
             if isinstance(a, (int, np.integer)):
@@ -134,8 +136,9 @@ class Net:
             param = caffe_pb2.NetParameter()
             param.CopyFrom(network)
             from .proto.upgrade import upgrade_net_as_needed
-            upgrade_net_as_needed(param, "<NetParameter>")
-            self.source = "<NetParameter>"
+            upgrade_net_as_needed(param, source or "<NetParameter>")
+            # the file it was read from, when the caller knows it (errors then name file:line)
+            self.source = source or "<NetParameter>"
         else:
             from .proto.io import read_net_param
             param = read_net_param(str(network))
@@ -185,7 +188,14 @@ class Net:
         for layer_id, lp in enumerate(param.layer):
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise CaffeError(f"layer '{lp.name}': propagate_down must be given 0 or {len(lp.bottom)} times")
-            layer = create_layer(lp, param.state.phase)
+            try:
+                layer = create_layer(lp, param.state.phase)
+            except UnknownLayerType as e:
+                where = None
+                if os.path.isfile(self.source):
+                    from .proto.io import locate_layer
+                    where = locate_layer(self.source, lp.name, lp.type)
+                raise e.at(where or self.source) from None
             self.layers.append(layer)
             self._layer_names.append(lp.name)
             bvec, bids, bneed = [], [], []
@@ -239,9 +249,16 @@ class Net:
             self.bottom_need_backward.append(bneed)
             try:
                 layer.SetUp(bvec, tvec)
+            except AllocationError as e:
+                raise CaffeError(f"layer '{lp.name}' ({lp.type}): {e}") from None
+            except MemoryError:
+                raise CaffeError(f"layer '{lp.name}' ({lp.type}): out of memory while setting up "
+                                 f"(top shapes {[list(b.shape) for b in tvec]})") from None
             except CaffeError:
                 raise
             except (ValueError, IndexError, TypeError) as e:
+                if getattr(e, "caffe_context", None):
+                    raise  # a user's Python layer: its own exception propagates, as in pycaffe
                 raise CaffeError(f"layer '{lp.name}' ({lp.type}): setup failed: {e}") from e
             for j, bid in enumerate(tids):
                 self._blob_loss_weights[bid] = layer.loss_weights[j] if j < len(layer.loss_weights) else 0.0
@@ -356,20 +373,40 @@ class Net:
     def forward_from_to(self, start: int = 0, end: int | None = None) -> float:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        before, after = self.callbacks["before_forward"], self.callbacks["after_forward"]
         for i in range(start, end + 1):
+            for fn in before:
+                fn(i)
             loss += self.layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
+            for fn in after:
+                fn(i)
         return loss
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         start = len(self.layers) - 1 if start is None else start
+        before, after = self.callbacks["before_backward"], self.callbacks["after_backward"]
         for i in range(start, end - 1, -1):
+            for fn in before:
+                fn(i)
             if self.layer_need_backward[i]:
                 self.layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
                 hook = self._after_backward
                 if hook is not None:
                     hook(i)
+            for fn in after:  # Net::BackwardFromTo runs them for every layer, needed or not
+                fn(i)
 
     _after_backward = None  # set by data-parallel training to overlap gradient reduction
+
+    @property
+    def callbacks(self) -> dict[str, list]:
+        """Net::Callback lists (before/after forward/backward), each called with the layer index;
+        filled by pycaffe's ``net.before_forward(fn)`` and friends (pycaffe_extras)."""
+        cbs = self.__dict__.get("_callbacks")
+        if cbs is None:
+            cbs = self.__dict__["_callbacks"] = {k: [] for k in (
+                "before_forward", "after_forward", "before_backward", "after_backward")}
+        return cbs
 
     def set_after_backward(self, hook) -> None:
         """Call ``hook(layer_id)`` after each layer's backward (used to overlap communication)."""
@@ -400,11 +437,19 @@ class Net:
     def reshape(self) -> None:
         """Net::Reshape: propagate changed input shapes through every layer."""
         for i, layer in enumerate(self.layers):
-            layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+            layer.Reshape(self.bottom_vecs[i], self.top_vecs[i])
 
     def clear_param_diffs(self) -> None:
-        for b in self.learnable_params:
-            b.diff[...] = 0
+        """Zero every learnable parameter's diff (Solver::Step's ClearParamDiffs), on the side the
+        net computes on (no transfer in GPU mode)."""
+        with backend.device_side(self.on_device):
+            for b in self.learnable_params:
+                b.diff[...] = 0
+
+    @property
+    def on_device(self) -> bool:
+        """Whether this net's layers compute on the GPU (it was built in GPU mode)."""
+        return any(layer.xp is not np for layer in self.layers)
 
     # -- pycaffe surface -----------------------------------------------------------------------
     @property
@@ -456,11 +501,12 @@ class Net:
             b = self._blobs[self._blob_index[name]]
             if value.shape != b.shape:
                 raise CaffeError(f"input '{name}': expected shape {list(b.shape)}, got {list(value.shape)}")
-            b.data[...] = value
+            backend.assign(b.overwrite_cpu_data(), value)  # the batch goes up when a layer reads it
         s = 0 if start is None else self.layer_index(start)
         e = len(self.layers) - 1 if end is None else self.layer_index(end)
         self.forward_from_to(s, e)
-        return {n: self._blobs[self._blob_index[n]].data for n in outputs}
+        # cpu_data: the host copies pycaffe returns, leaving the device copies current
+        return {n: self._blobs[self._blob_index[n]].cpu_data() for n in outputs}
 
     def backward(self, diffs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                  **kwargs) -> dict:
@@ -470,11 +516,11 @@ class Net:
             b = self._blobs[self._blob_index[name]]
             if value.shape != b.shape:
                 raise CaffeError(f"top diff '{name}': expected shape {list(b.shape)}, got {list(value.shape)}")
-            b.diff[...] = value
+            backend.assign(b.overwrite_cpu_diff(), value)
         s = len(self.layers) - 1 if start is None else self.layer_index(start)
         e = 0 if end is None else self.layer_index(end)
         self.backward_from_to(s, e)
-        return {n: self._blobs[self._blob_index[n]].diff for n in outputs}
+        return {n: self._blobs[self._blob_index[n]].cpu_diff() for n in outputs}
 
     # -- weights (Net::CopyTrainedLayersFrom / ToProto) ----------------------------------------
     def copy_from(self, source) -> None:
@@ -483,7 +529,7 @@ class Net:
         if isinstance(source, Net):
             for name, blobs in source.params.items():
                 if name in self._layer_names:
-                    self._copy_layer_blobs(name, [b.data for b in blobs], str(source.name))
+                    self._copy_layer_blobs(name, [b.cpu_data() for b in blobs], str(source.name))
             return
         if isinstance(source, caffe_pb2.NetParameter):
             src, path = source, "<NetParameter>"
@@ -501,7 +547,8 @@ class Net:
         layers = list(src.layer) if len(src.layer) else list(src.layers)
         for lp in layers:
             if lp.name in self._layer_names:
-                self._copy_layer_blobs(lp.name, [blobproto_to_array(b) for b in lp.blobs], path)
+                self._copy_layer_blobs(lp.name, [blobproto_to_array(b, what=f"{path}: layer '{lp.name}' blob {j}")
+                                                 for j, b in enumerate(lp.blobs)], path)
 
     def _copy_layer_blobs(self, name: str, arrays: list, source: str) -> None:
         layer = self.layers[self._layer_names.index(name)]
@@ -518,7 +565,7 @@ class Net:
                 else:
                     raise CaffeError(f"{source}: cannot copy param {j} weights from layer '{name}'; shape "
                                      f"mismatch: source {list(arr.shape)}, target {list(blob.shape)}")
-            blob.data[...] = backend.asarray(arr)
+            blob.data[...] = arr  # the host copy (pycaffe's mutable_cpu_data); layers copy it up when used
 
     def to_proto(self, write_diff: bool = False):
         """Net::ToProto: the net's layers with their blobs, as a .caffemodel holds them."""
@@ -530,8 +577,8 @@ class Net:
             lp.CopyFrom(layer.layer_param)
             del lp.blobs[:]
             for b in layer.blobs:
-                fill_blobproto(lp.blobs.add(), backend.to_numpy(b.data),
-                               backend.to_numpy(b.diff) if write_diff else None)
+                # cpu_data: reading for the file leaves the device copy current (no upload after)
+                fill_blobproto(lp.blobs.add(), b.cpu_data(), b.cpu_diff() if write_diff else None)
         return out
 
     def save(self, path: str) -> None:
@@ -558,7 +605,9 @@ class Net:
 
 
 def _squeeze_lead(shape) -> tuple:
+    # Blob::ShapeEquals on a legacy 4-d BlobProto indexes from the end (LegacyShape): leading 1s
+    # are padding, down to a 0-axis blob stored as 1x1x1x1.
     shape = tuple(shape)
-    while len(shape) > 1 and shape[0] == 1:
+    while len(shape) > 0 and shape[0] == 1:
         shape = shape[1:]
     return shape

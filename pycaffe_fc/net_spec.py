@@ -44,6 +44,12 @@ def _param_field_names() -> dict[str, str]:
 _PARAM_FIELDS = _param_field_names()
 
 
+def param_name_dict() -> dict[str, str]:
+    """pycaffe's param_name_dict: layer type -> the prefix of its ``*_param`` field
+    (``'Convolution' -> 'convolution'``)."""
+    return {t: f[: -len("_param")] for t, f in _PARAM_FIELDS.items()}
+
+
 def _is_repeated(proto: Message, name: str) -> bool:
     f = proto.DESCRIPTOR.fields_by_name.get(name)
     return f is not None and f.is_repeated
@@ -112,7 +118,8 @@ class Function:
         self.type_name = type_name
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                raise CaffeError(f"{type_name}: bottom {i} is not a Top (type is {type(inp).__name__})")
+                # pycaffe raises TypeError here (scripts catch it); the message names layer and bottom
+                raise TypeError(f"{type_name} input {i} is not a Top (type is {type(inp).__name__})")
         self.inputs = inputs
         params = dict(params)
         self.ntop = int(params.pop("ntop", 1))

@@ -69,19 +69,21 @@ def check_gradient(text: str, bottom_arrays, n_top: int = 1, check_bottom=None, 
     targets = [(bottom[i], bdiffs[i], f"bottom {i}") for i in check_bottom]
     targets += [(b, d, f"param {j}") for j, (b, d) in enumerate(zip(layer.blobs, pdiffs))]
     for blob, grad, what in targets:
-        flat = blob.data.reshape(-1)
-        idx = np.arange(flat.size)
-        if flat.size > max_checks:
-            idx = rng.choice(flat.size, max_checks, replace=False)
+        # blob.data is fetched before each write (pycaffe's mutable_cpu_data): in GPU mode a host
+        # array held across a forward would be stale, exactly as in Caffe
+        size = blob.count
+        idx = np.arange(size)
+        if size > max_checks:
+            idx = rng.choice(size, max_checks, replace=False)
         for k in idx:
-            orig = float(flat[k])
+            orig = float(blob.data.reshape(-1)[k])
             if kink is not None and abs(orig) < kink:
                 continue
-            flat[k] = orig + step
+            blob.data.reshape(-1)[k] = orig + step
             plus = objective()
-            flat[k] = orig - step
+            blob.data.reshape(-1)[k] = orig - step
             minus = objective()
-            flat[k] = orig
+            blob.data.reshape(-1)[k] = orig
             num = (plus - minus) / (2 * step)
             ana = float(grad.reshape(-1)[k])
             scale = max(abs(num), abs(ana), 1.0)

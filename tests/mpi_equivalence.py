@@ -5,9 +5,14 @@ samples (the global batch split P ways), for every --sync mode, with and without
 usage: mpi_equivalence.py SOLVER INIT_WEIGHTS K [MODES]   (MODES comma-separated)
 Prints one line per case on rank 0: ``CASE <mode> overlap=<0|1> rel=<weights> upd=<update>``,
 then ``OK`` or ``FAILED``.
+
+With FC_CAFFE_TEST_MODE=gpu (the CuPy stand-in on PYTHONPATH) every rank trains in GPU mode, and
+each case also checks that the gradients crossed between device and host in two copies per
+bucket per iteration (the stand-in counts the transfers made by the gradient buffer).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -17,6 +22,13 @@ from pycaffe_fc.data.sharding import clear_shard, set_shard
 from pycaffe_fc.parallel.allreduce import SYNC_MODES, GradientBuffer, GradientSync, broadcast_weights
 from pycaffe_fc.parallel.comm import init_world
 from pycaffe_fc.solvers import get_solver, read_solver_file
+
+GPU = os.environ.get("FC_CAFFE_TEST_MODE", "cpu") == "gpu"
+if GPU:
+    import cupy_standin
+
+    from pycaffe_fc import backend
+    backend.set_mode_gpu()
 
 comm = MPI.COMM_WORLD
 world = init_world(comm)
@@ -63,7 +75,16 @@ for mode, overlap, iter_size in cases:
     gs = GradientSync(s, world, mode=mode, overlap=overlap, segment_bytes=8192,
                       bucket_bytes=64 * 1024 if overlap else None, check_sync=2)
     s.add_callback(gs.on_start, gs.on_gradients_ready)
+    if GPU:
+        cupy_standin.reset()
     s.step(K)
+    copies, copies_ok = "", True
+    if GPU:
+        # the gradient buffer's own transfers: one down and one up per bucket and iteration
+        n = sum(c for site, c in cupy_standin.sites("transfers").items() if "parallel/allreduce.py" in site)
+        want = 2 * len(gs.buffer.buckets) * K
+        copies_ok = comm.allreduce(int(n != want)) == 0  # on every rank
+        copies = f" copies={n}/{want}"
     gs.verify_in_sync()
     gs.close()
     w = weights(s)
@@ -71,10 +92,10 @@ for mode, overlap, iter_size in cases:
         w0, w1 = reference[iter_size]
         rel = float(np.linalg.norm(w - w1) / np.linalg.norm(w1))
         upd = float(np.linalg.norm((w - w0) - (w1 - w0)) / np.linalg.norm(w1 - w0))
-        ok = rel < 1e-5 and upd < 1e-5
+        ok = rel < 1e-5 and upd < 1e-5 and copies_ok
         failed |= not ok
         print(f"CASE {mode} overlap={int(overlap)} iter_size={iter_size} buckets={len(gs.buffer.buckets)} "
-              f"rel={rel:.3g} upd={upd:.3g} {'ok' if ok else 'BAD'}", flush=True)
+              f"rel={rel:.3g} upd={upd:.3g}{copies} {'ok' if ok else 'BAD'}", flush=True)
     comm.Barrier()
 if world.is_root:
     print("FAILED" if failed else "OK", flush=True)

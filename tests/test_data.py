@@ -224,7 +224,7 @@ def test_data_layer_errors_name_layer_and_path(tmp_path):
         net_from(data_layer(str(empty), 2, name="mydata"))
     src = make_lmdb(tmp_path / "db", [np.zeros((1, 2, 2), np.uint8)])
     text = data_layer(src, 1).replace("backend: LMDB", "backend: LEVELDB")
-    with pytest.raises(CaffeError, match="LEVELDB is not supported, convert"):
+    with pytest.raises(CaffeError, match="is an LMDB but backend LEVELDB was asked for"):
         net_from(text)
     # backend left at its LEVELDB default on an LMDB directory: read as LMDB
     net_from(data_layer(src, 1).replace("backend: LMDB", "")).forward()

@@ -104,7 +104,7 @@ def test_compute_image_mean_is_bit_identical(tmp_path, capsys):
     assert cli(["compute_image_mean", str(DATA / "lmdb_encoded_jpg")]) == 1
     assert "incorrect data field size" in capsys.readouterr().err
     assert cli(["compute_image_mean", "--backend", "leveldb", str(DATA / "lmdb_resize32")]) == 1
-    assert "LEVELDB is not supported" in capsys.readouterr().err
+    assert "is an LMDB but backend LEVELDB was asked for" in capsys.readouterr().err
 
 
 def test_convert_mnist_data_matches_caffe(tmp_path, capsys):

@@ -357,7 +357,8 @@ def test_stochastic_pooling_train_samples_in_window_and_routes_gradient():
     set_random_seed(3)
     layer, bottom, top = setup_layer(text, [x])
     layer.Forward(bottom, top)
-    mask = layer.kernel_fn.rand_idx[..., 0, 0] if layer.kernel_fn.rand_idx.ndim > 4 else layer.kernel_fn.rand_idx
+    ri = caffe.backend.to_numpy(layer.kernel_fn.rand_idx)  # the layer's own (device) array
+    mask = ri[..., 0, 0] if ri.ndim > 4 else ri
     plane = x.reshape(2, 2, 36)
     np.testing.assert_array_equal(top[0].data, np.take_along_axis(plane, mask.reshape(2, 2, -1).astype(int),
                                                                    axis=2).reshape(top[0].shape))

@@ -143,7 +143,7 @@ def test_mismatched_shared_shape_is_an_error():
 def test_unknown_bottom_and_type_errors():
     with pytest.raises(caffe.CaffeError, match="layer 'x'.*unknown bottom blob 'nope'"):
         caffe.Net(netp(INPUT + ip("x", "nope", "y")), caffe.TEST)
-    with pytest.raises(caffe.CaffeError, match="layer 'f'.*unknown layer type 'Frobnicate'"):
+    with pytest.raises(caffe.CaffeError, match="layer 'f': Unknown layer type: Frobnicate"):
         caffe.Net(netp(INPUT + 'layer { name: "f" type: "Frobnicate" bottom: "data" top: "y" }'), caffe.TEST)
     with pytest.raises(caffe.CaffeError, match="multiple sources"):
         caffe.Net(netp(INPUT + ip("x", "data", "y") + ip("z", "label", "y")), caffe.TEST)

@@ -111,7 +111,7 @@ def test_mistakes_are_one_line_caffe_errors():
     n.y = L.ReLU(n.x, no_such_field=3)
     with pytest.raises(CaffeError, match=r"layer 'y' \(ReLU\): cannot set 'no_such_field'"):
         n.to_proto()
-    with pytest.raises(CaffeError, match="bottom 0 is not a Top"):
+    with pytest.raises(TypeError, match="input 0 is not a Top"):
         L.ReLU("x")
     n = caffe.NetSpec()
     n.p = L.Pooling(L.Input(shape=dict(dim=[1])), pool="MAXIMUM")

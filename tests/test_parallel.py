@@ -172,8 +172,8 @@ def test_cli_self_launch_equals_single_worker(lenet, single_run):
 
 def test_resume_multi_worker_from_snapshot(lenet, tmp_path):
     """Two ranks snapshot at iteration 2; a fresh two-rank job resumed from it (every rank
-    restores the same state) ends where a one-worker job resumed from it ends. (As in Caffe, a
-    resumed run's data layers start again from the first record.)"""
+    restores the same state, data positions included) ends where a one-worker job resumed from
+    it ends."""
     d = tmp_path
     os.symlink(lenet / "fmnist640_train_lmdb", d / "fmnist640_train_lmdb")
     shutil.copy(lenet / "lenet_train.prototxt", d)

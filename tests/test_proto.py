@@ -59,8 +59,10 @@ def test_fc_extensions_are_numbered_out_of_upstreams_way():
     for name in ("warmup_iter", "warmup_start_lr_ratio"):
         assert _field(caffe_pb2.SolverParameter, name).number >= 1000
     for msg in (caffe_pb2.NetParameter, caffe_pb2.LayerParameter, caffe_pb2.BlobProto):
-        # Only SolverParameter carries extensions (V1/V0 1001/1002 are upstream's).
-        assert all(f.number < 1000 for f in msg.DESCRIPTOR.fields)
+        # Only SolverParameter carries extensions (V1/V0 1001/1002 are upstream's), and
+        # NetParameter its checksum (1010-1011).
+        assert all(f.number < 1000 or (msg is caffe_pb2.NetParameter and f.number in (1010, 1011))
+                   for f in msg.DESCRIPTOR.fields)
 
 
 def test_committed_caffe_pb2_matches_generator(tmp_path):

@@ -3,146 +3,21 @@
 
     python tools/parse_log.py LOGFILE [OUTPUT_DIR] [--delimiter ,] [--verbose]
 
-writes OUTPUT_DIR/<log name>.train and OUTPUT_DIR/<log name>.test: one row per iteration with
-NumIters, Seconds (since the "Solving" line), LearningRate and every "Train net output" or
-"Test net output" value. Both glog prefixes are read: ``I1123 19:22:33.777912`` and the newer
-``I20261123 19:22:33.777912`` that carries the year.
+A thin wrapper of ``fc-caffe parse_log``; the parser is pycaffe_fc.training_log (its names are
+re-exported here for scripts that import this file).
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import datetime
-import math
-import os
-import re
 import sys
-from collections import OrderedDict
 
-RE_ITERATION = re.compile(r"Iteration (\d+)")
-RE_TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = ([\.\deE+-]+|nan|-?inf)")
-RE_TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = ([\.\deE+-]+|nan|-?inf)")
-RE_LEARNING_RATE = re.compile(r"lr = ([-+]?[0-9]*\.?[0-9]+([eE]?[-+]?[0-9]+)?)")
-RE_GLOG_TIME = re.compile(r"^[IWEF](\d{4})?(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{1,6})")
-
-
-def log_year(path: str) -> int:
-    """The year a short glog timestamp belongs to: the log file's creation year (as Caffe does)."""
-    return datetime.datetime.fromtimestamp(os.path.getctime(path)).year
-
-
-def line_time(line: str, year: int) -> datetime.datetime | None:
-    """The datetime of a glog line, or None for a line without the prefix."""
-    m = RE_GLOG_TIME.match(line.strip())
-    if not m:
-        return None
-    y = int(m.group(1)) if m.group(1) else year
-    mo, d, h, mi, s = (int(g) for g in m.group(2, 3, 4, 5, 6))
-    us = int(m.group(7).ljust(6, "0"))
-    try:
-        return datetime.datetime(y, mo, d, h, mi, s, us)
-    except ValueError:
-        return None
-
-
-def _net_output(regex, row, rows, line, iteration, seconds, lr):
-    """Caffe's parse_line_for_net_output: gather one iteration's outputs into one row."""
-    m = regex.search(line)
-    if m:
-        if not row or row["NumIters"] != iteration:
-            if row:
-                rows.append(row)  # a row left incomplete (only happens at the start)
-            row = OrderedDict([("NumIters", iteration), ("Seconds", seconds), ("LearningRate", lr)])
-        row[m.group(2)] = float(m.group(3))
-    if row and rows and len(row) == len(rows[0]):
-        rows.append(row)  # complete: as many columns as the first row
-        row = None
-    return rows, row
-
-
-def parse_log(path: str) -> tuple[list[OrderedDict], list[OrderedDict]]:
-    """(train rows, test rows) of a training log."""
-    year = log_year(path)
-    train_rows: list[OrderedDict] = []
-    test_rows: list[OrderedDict] = []
-    train_row = test_row = None
-    iteration = -1
-    lr = math.nan
-    with open(path, errors="replace") as f:
-        lines = f.readlines()
-    start = None
-    first_solving = 0
-    for i, line in enumerate(lines):
-        if "Solving" in line:
-            start = line_time(line, year)
-            first_solving = i + 1
-            break
-    last = start
-    for line in lines[first_solving:]:
-        m = RE_ITERATION.search(line)
-        if m:
-            iteration = float(m.group(1))
-        if iteration == -1:
-            continue  # nothing before the first iteration
-        t = line_time(line, year)
-        if t is None:
-            continue
-        if last is not None and t.month < last.month:  # the log crossed new year
-            year += 1
-            t = line_time(line, year)
-        if start is None:
-            start = t
-        last = t
-        seconds = (t - start).total_seconds()
-        m = RE_LEARNING_RATE.search(line)
-        if m:
-            lr = float(m.group(1))
-        train_rows, train_row = _net_output(RE_TRAIN_OUTPUT, train_row, train_rows, line, iteration, seconds, lr)
-        test_rows, test_row = _net_output(RE_TEST_OUTPUT, test_row, test_rows, line, iteration, seconds, lr)
-    for rows in (train_rows, test_rows):
-        # the learning rate is printed after the first outputs: take the second row's
-        if len(rows) > 1:
-            rows[0]["LearningRate"] = rows[1]["LearningRate"]
-    return train_rows, test_rows
-
-
-def write_csv(path: str, rows: list[OrderedDict], delimiter: str = ",", verbose: bool = False) -> bool:
-    if not rows:
-        if verbose:
-            print(f"Not writing {path}; no lines to write")
-        return False
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()), delimiter=delimiter, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    if verbose:
-        print(f"Wrote {path}")
-    return True
-
-
-def save_csv_files(logfile: str, output_dir: str, train_rows, test_rows, delimiter: str = ",",
-                   verbose: bool = False) -> tuple[str, str]:
-    base = os.path.basename(logfile)
-    train = os.path.join(output_dir, base + ".train")
-    test = os.path.join(output_dir, base + ".test")
-    write_csv(train, train_rows, delimiter, verbose)
-    write_csv(test, test_rows, delimiter, verbose)
-    return train, test
+from pycaffe_fc.training_log import (RE_GLOG_TIME, RE_ITERATION, RE_LEARNING_RATE,  # noqa: F401
+                                     RE_TEST_OUTPUT, RE_TRAIN_OUTPUT, line_time, log_year, parse_log,
+                                     save_csv_files, write_csv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Parse a Caffe training log into .train and .test CSV files")
-    p.add_argument("logfile_path")
-    p.add_argument("output_dir", nargs="?", default=".")
-    p.add_argument("--verbose", action="store_true", help="print some extra info (e.g. output filenames)")
-    p.add_argument("--delimiter", default=",", help="column delimiter in output files (default: ',')")
-    a = p.parse_args(argv)
-    if not os.path.isfile(a.logfile_path):
-        print(f"parse_log.py: error: {a.logfile_path}: no such file", file=sys.stderr)
-        return 1
-    train, test = parse_log(a.logfile_path)
-    save_csv_files(a.logfile_path, a.output_dir, train, test, a.delimiter, a.verbose)
-    return 0
+    from pycaffe_fc.commands.parse_log import run
+    return run(sys.argv[1:] if argv is None else argv, prog="parse_log.py")
 
 
 if __name__ == "__main__":

@@ -52,16 +52,23 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
     nets = s1["nets"]
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
     for ax, (key, net) in zip(axes[0], nets.items()):
-        for kind, style in (("sweep", "o-"), ("poly", "s--"), ("warmup", "^:")):
-            pts = sorted((r["spec"]["base_lr"], _acc(r)) for r in net["runs"] if r["spec"]["kind"] == kind)
+        for kind, style in (("sweep", "o-"), ("poly", "s--"), ("warmup", "^:"), ("lars", "D-.")):
+            first = [r for r in net["runs"] if r["spec"]["kind"] == kind and not r["spec"].get("repeat")]
+            pts = sorted((r["spec"]["base_lr"], _acc(r)) for r in first)
             if pts:
                 label = {"sweep": f"batch {s1['large_batch']} ({net['policy']})",
-                         "poly": f"batch {s1['large_batch']}, poly", "warmup": f"batch {s1['large_batch']}, warm-up"}[kind]
+                         "poly": f"batch {s1['large_batch']}, poly", "warmup": f"batch {s1['large_batch']}, warm-up",
+                         "lars": f"batch {s1['large_batch']}, LARS (global rate)"}[kind]
                 line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-                div = [r["spec"]["base_lr"] for r in net["runs"]
-                       if r["spec"]["kind"] == kind and r.get("diverged_at") is not None]
+                div = [r["spec"]["base_lr"] for r in first if r.get("diverged_at") is not None]
                 if div:
                     ax.plot(div, [0.10] * len(div), "x", ms=9, color=line.get_color())
+                again = [(r["spec"]["base_lr"], _acc(r)) for r in net["runs"]
+                         if r["spec"]["kind"] == kind and r["spec"].get("repeat")]
+                if again:
+                    ax.plot([a[0] for a in again], [a[1] for a in again], ".", ms=7, color=line.get_color())
+        if any(r["spec"].get("repeat") for r in net["runs"]):
+            ax.plot([], [], "k.", label="second seed")
         ax.plot([], [], "kx", label="diverged (loss NaN): chance")
         for r in net["runs"]:
             if r["spec"]["kind"] == "single":
@@ -70,8 +77,10 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
         base = [r for r in net["runs"] if r["spec"]["kind"] == "baseline"]
         if base:
             b = base[0]
-            ax.axhline(_acc(b), color="k", lw=1, label=f"batch {b['spec']['batch']}, lr {b['spec']['base_lr']:g}")
-            ax.axhline(_acc(b) - 0.01, color="k", lw=0.6, ls="--", label="baseline - 1 point")
+            mean = sum(_acc(r) for r in base) / len(base)
+            seeds = f" (mean of {len(base)} seeds)" if len(base) > 1 else ""
+            ax.axhline(mean, color="k", lw=1, label=f"batch {b['spec']['batch']}, lr {b['spec']['base_lr']:g}{seeds}")
+            ax.axhline(mean - 0.01, color="k", lw=0.6, ls="--", label="baseline - 1 point")
         ax.axhline(0.10, color="grey", lw=0.8, ls=":", label="chance (10 classes)")
         ax.set_xscale("log", base=2)
         lrs = sorted({r["spec"]["base_lr"] for r in net["runs"] if r["spec"]["kind"] != "baseline"})
@@ -81,8 +90,8 @@ def _lr_sweep(plt, s1: dict[str, Any], out_dir: str) -> str:
         ax.set_xlabel("base_lr")
         ax.set_ylabel("final test top-1")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{net['title']}: top-1 after {s1['epochs']} epochs")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.set_title(f"{net['title']}: top-1 after {net.get('epochs', s1['epochs']):g} epochs")
+        ax.legend(fontsize=7, loc="best")
     return _save(plt, fig, os.path.join(out_dir, "lr_sweep.png"))
 
 
@@ -95,21 +104,24 @@ def _acc(run: dict[str, Any]) -> float:
 
 
 def _curves(plt, key: str, net: dict[str, Any], out_dir: str) -> str:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.4))
     n_train = net["train_images"]
     for r in net["runs"]:
         spec = r["spec"]
-        if spec["kind"] not in ("baseline", "sweep", "warmup", "single"):
+        if spec["kind"] not in ("baseline", "sweep", "warmup", "single", "lars") or spec.get("repeat"):
             continue
         scale = spec["batch"] / n_train
-        ls = {"warmup": ":", "single": "--"}.get(spec["kind"], "-")
+        ls = {"warmup": ":", "single": "--", "lars": "-."}.get(spec["kind"], "-")
         lw = 2.2 if spec["kind"] == "baseline" else 1.2
         tr = [(row["NumIters"] * scale, row["loss"]) for row in r["train"] if _finite(row.get("loss"))]
-        te = [(row["NumIters"] * scale, row["accuracy"]) for row in r["test"] if "accuracy" in row]
+        te = [(row["NumIters"] * scale, row["accuracy"], row.get("Seconds")) for row in r["test"] if "accuracy" in row]
         if tr:
             ax1.plot([t[0] for t in tr], [min(t[1], 5.0) for t in tr], ls, lw=lw, label=spec["label"])
         if te:
-            ax2.plot([t[0] for t in te], [t[1] for t in te], ls + "o", lw=lw, ms=3, label=spec["label"])
+            line, = ax2.plot([t[0] for t in te], [t[1] for t in te], ls + "o", lw=lw, ms=3, label=spec["label"])
+            secs = [(t[2], t[1]) for t in te if t[2] is not None]
+            if secs:
+                ax3.plot([x[0] for x in secs], [x[1] for x in secs], ls + "o", lw=lw, ms=3, color=line.get_color())
     ax1.set_xlabel("epoch")
     ax1.legend(fontsize=6, loc="upper right")
     ax1.set_ylabel("training loss (clipped at 5)")
@@ -118,6 +130,10 @@ def _curves(plt, key: str, net: dict[str, Any], out_dir: str) -> str:
     ax2.set_ylabel("test top-1")
     ax2.set_ylim(0, 1)
     ax2.set_title(f"{net['title']}: test top-1 (diverged runs have none)")
+    ax3.set_xlabel("seconds since the run's log began")
+    ax3.set_ylabel("test top-1")
+    ax3.set_ylim(0, 1)
+    ax3.set_title(f"{net['title']}: test top-1 against wall time")
     return _save(plt, fig, os.path.join(out_dir, f"curves_{key}.png"))
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import Mode, NetRecipe
+from .config import Mode, NetRecipe, net_settings
 
 CHANCE = 0.10  # ten classes
 BLAS_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -28,7 +28,7 @@ class RunSpec:
 
     run_id: str
     net: str                 # recipe key
-    kind: str                # "baseline", "sweep", "poly" or "warmup"
+    kind: str                # "baseline", "sweep", "single", "poly", "warmup" or "lars"
     batch: int               # global batch
     workers: int
     base_lr: float
@@ -39,12 +39,17 @@ class RunSpec:
     warmup_iter: int = 0
     warmup_start_lr_ratio: float = 0.0
     power: float = 0.0
+    seed: int = 1701         # the solver's random_seed (weights' initialisation)
+    lars: bool = False       # fc-caffe's LARS extension (SolverParameter lars / lars_eta)
+    lars_eta: float = 0.001
+    repeat: bool = False     # a second seed of a setting run before
 
     @property
     def label(self) -> str:
         extra = {"poly": f" poly({self.power:g})", "warmup": f" warm-up {self.warmup_iter} it",
-                 "single": " in one process"}.get(self.kind, "")
-        return f"batch {self.batch} lr {self.base_lr:g}{extra}"
+                 "single": " in one process", "lars": f" LARS(eta {self.lars_eta:g})"}.get(self.kind, "")
+        seed = f" seed {self.seed}" if self.repeat else ""
+        return f"batch {self.batch} lr {self.base_lr:g}{extra}{seed}"
 
 
 @dataclass
@@ -65,43 +70,81 @@ class RunResult:
 
 
 # -- planning ------------------------------------------------------------------------------------
-def iterations(mode: Mode, batch: int) -> tuple[int, int]:
-    """(max_iter, test_interval) for ``mode.epochs`` over the subset at ``batch`` (to the nearest
+def iterations(mode: Mode, batch: int, recipe: NetRecipe | None = None) -> tuple[int, int]:
+    """(max_iter, test_interval) for the net's epochs over its subset at ``batch`` (to the nearest
     test interval): max_iter is a multiple of test_interval, so Caffe's solver tests after the
     last update too."""
+    ns = net_settings(mode, recipe) if recipe is not None else None
+    epochs, images = (ns.epochs, ns.train_images) if ns else (mode.epochs, mode.train_images)
+    per_run = ns.tests_per_run if ns else mode.tests_per_run
     # at least two test points: Caffe's parse_log.py drops the only row of a one-row table
-    total = max(2, round(mode.epochs * mode.train_images / batch))
-    tests = max(2, min(mode.tests_per_run, total))
+    total = max(2, round(epochs * images / batch))
+    tests = max(2, min(per_run, total))
     interval = max(1, round(total / tests))
     return interval * tests, interval
 
 
 def plan(mode: Mode, recipe: NetRecipe, baseline_lr: float, baseline_policy: str) -> list[RunSpec]:
-    """The runs of one net: the small-batch baseline, the large-batch sweep (baseline's policy),
-    and the highest rates again with the poly policy and with a linear warm-up."""
+    """The first-seed runs of one net: the small-batch baseline, the large-batch sweep (the net's
+    policy), the one-process control, rates again with the poly policy, with a linear warm-up, and
+    with fc-caffe's LARS. ``recipe.policy`` (with ``recipe.power``) replaces the recipe's policy in
+    every run of the net."""
+    ns = net_settings(mode, recipe)
+    policy = ns.policy or baseline_policy
+    power = ns.power if ns.power is not None else (mode.poly_power if policy == "poly" else 0.0)
     test_iter = max(1, mode.test_images // 100)
     runs: list[RunSpec] = []
-    it, ti = iterations(mode, mode.small_batch)
+    it, ti = iterations(mode, mode.small_batch, recipe)
+    seed = mode.seeds[0]
     runs.append(RunSpec(f"{recipe.key}_b{mode.small_batch}_lr{baseline_lr:g}", recipe.key, "baseline",
-                        mode.small_batch, 1, baseline_lr, baseline_policy, it, ti, test_iter))
-    it, ti = iterations(mode, mode.large_batch)
+                        mode.small_batch, 1, baseline_lr, policy, it, ti, test_iter, power=power, seed=seed))
+    it, ti = iterations(mode, mode.large_batch, recipe)
     w = mode.workers
     for lr in recipe.sweep_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}", recipe.key, "sweep",
-                            mode.large_batch, w, lr, baseline_policy, it, ti, test_iter))
+                            mode.large_batch, w, lr, policy, it, ti, test_iter, power=power, seed=seed))
     if recipe.single_lr is not None:
         # the same large batch in one process: what the reduction tree must reproduce
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}x1_lr{recipe.single_lr:g}", recipe.key, "single",
-                            mode.large_batch, 1, recipe.single_lr, baseline_policy, it, ti, test_iter))
-    warm = max(1, round(mode.warmup_epochs * mode.train_images / mode.large_batch))
+                            mode.large_batch, 1, recipe.single_lr, policy, it, ti, test_iter, power=power,
+                            seed=seed))
+    warm = max(1, round(ns.warmup_epochs * ns.train_images / mode.large_batch))
     for lr in recipe.poly_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_poly", recipe.key, "poly",
-                            mode.large_batch, w, lr, "poly", it, ti, test_iter, power=mode.poly_power))
+                            mode.large_batch, w, lr, "poly", it, ti, test_iter, power=mode.poly_power, seed=seed))
     for lr in recipe.warmup_lrs:
         runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_warmup", recipe.key, "warmup",
-                            mode.large_batch, w, lr, baseline_policy, it, ti, test_iter,
+                            mode.large_batch, w, lr, policy, it, ti, test_iter, power=power, seed=seed,
                             warmup_iter=min(warm, it), warmup_start_lr_ratio=mode.warmup_start_ratio))
+    for lr in recipe.lars_lrs:
+        runs.append(RunSpec(f"{recipe.key}_b{mode.large_batch}_lr{lr:g}_lars", recipe.key, "lars",
+                            mode.large_batch, w, lr, policy, it, ti, test_iter, power=power, seed=seed,
+                            lars=True, lars_eta=recipe.lars_eta))
     return runs
+
+
+#: the kinds of large-batch run whose accuracy answers "does batch 1024 keep up" (not the control)
+LARGE_KINDS = ("sweep", "poly", "warmup", "lars")
+
+
+def repeats(mode: Mode, recipe: NetRecipe, runs: list[RunSpec], finals: list[float | None]) -> list[RunSpec]:
+    """Second-seed runs: the baseline and up to ``recipe.seed_runs`` large-batch settings whose
+    first-seed top-1 ended within ``mode.seed_within`` of the baseline's (best first), so that
+    every 'within one point' verdict rests on the mean of two seeds."""
+    if recipe.seed_runs <= 0 or len(mode.seeds) < 2:
+        return []
+    base = next((f for r, f in zip(runs, finals) if r.kind == "baseline"), None)
+    if base is None:
+        return []
+    close = sorted(((f, r) for r, f in zip(runs, finals)
+                    if r.kind in LARGE_KINDS and f is not None and base - f <= mode.seed_within),
+                   key=lambda x: -x[0])[:recipe.seed_runs]
+    if not close:
+        return []
+    chosen = [next(r for r in runs if r.kind == "baseline")] + [r for _, r in close]
+    from dataclasses import replace
+    return [replace(r, run_id=f"{r.run_id}_seed{s}", seed=s, repeat=True)
+            for s in mode.seeds[1:] for r in chosen]
 
 
 # -- prototxts -----------------------------------------------------------------------------------
@@ -152,11 +195,13 @@ def write_run_files(root: str, run_dir: str, recipe: NetRecipe, spec: RunSpec,
     s.snapshot_after_train = False
     s.snapshot_prefix = os.path.join(run_dir, "snap")
     s.solver_mode = caffe_pb2.SolverParameter.CPU
-    if not s.HasField("random_seed"):
-        s.random_seed = 1701
+    s.random_seed = spec.seed
     if spec.warmup_iter:
         s.warmup_iter = spec.warmup_iter
         s.warmup_start_lr_ratio = spec.warmup_start_lr_ratio
+    if spec.lars:
+        s.lars = True
+        s.lars_eta = spec.lars_eta
     solver_path = os.path.join(run_dir, "solver.prototxt")
     with open(solver_path, "w") as f:
         f.write(f"# {spec.label}: derived from {recipe.solver} by benchmarks/reproduce.py\n")

@@ -7,18 +7,16 @@ FireCaffe's launcher does, a count ``N`` (N workers on devices 0..N-1; ``0`` kee
 device 0, one worker). More than one worker, or running under an MPI launcher with more than one
 rank, trains data-parallel (``pycaffe_fc.parallel.launch.train_parallel``) with the FireCaffe
 flags ``--sync``, ``--segment-bytes``, ``--check-sync``, ``--batch-per-worker``, ``--overlap``.
-Caffe's single-dash spellings (``-solver x``, gflags style) are accepted too.
+Caffe's single-dash spellings (``-solver x``, gflags style) are accepted too. SIGTERM snapshots
+and stops (an fc-caffe addition: what a scheduler sends before it kills a job). This module only
+parses: the job is ``parallel.train_job.TrainJob``, run by ``train_single`` or ``train_parallel``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 
-from .. import backend
-from ..errors import CaffeError
-from ..solvers.log import info
-
-_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+from ..parallel.comm import launcher_world_size
+from ..parallel.train_job import TrainJob, parse_gpus, train_single  # noqa: F401 - parse_gpus: the CLI's --gpus
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,80 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="communicate only after the whole backward pass")
 
 
-def parse_gpus(spec: str, n_devices: int) -> tuple[int, list[int] | None]:
-    """``--gpus`` as (number of workers, device ids or None for the CPU).
-
-    ``""`` -> 1 worker, no device; ``"all"`` -> every device (1 CPU worker when there is none);
-    ``"0,2"`` -> 2 workers on devices 0 and 2; ``"N"`` -> N workers on devices 0..N-1 (``"0"`` is
-    Caffe's device 0).
-    """
-    spec = (spec or "").strip()
-    if not spec:
-        return 1, None
-    if spec == "all":
-        return (n_devices, list(range(n_devices))) if n_devices else (1, None)
-    parts = [s.strip() for s in spec.split(",") if s.strip()]
-    try:
-        ids = [int(s) for s in parts]
-    except ValueError:
-        raise CaffeError(f"--gpus: expected 'all', a count N or a device list like 0,1,2; got '{spec}'") from None
-    if any(i < 0 for i in ids) or not ids:
-        raise CaffeError(f"--gpus: device ids and counts must be non-negative; got '{spec}'")
-    if len(ids) == 1:
-        n = ids[0]
-        return (1, [0]) if n == 0 else (n, list(range(n)))
-    if len(set(ids)) != len(ids):
-        raise CaffeError(f"--gpus: device {ids} listed twice")
-    return len(ids), ids
-
-
-def _mpi_world_size() -> int:
-    try:
-        from ..parallel.comm import launcher_world_size
-        return launcher_world_size()
-    except ImportError:
-        for var in _MPI_SIZE_VARS:
-            v = os.environ.get(var, "")
-            if v.isdigit():
-                return int(v)
-        return 1
-
-
-def stages_from_args(args: argparse.Namespace) -> list[str]:
-    return [s for arg in args.stage for s in arg.split(",") if s]
-
-
 def main(args: argparse.Namespace) -> int:
-    if args.snapshot and args.weights:
-        raise CaffeError("Give a snapshot to resume training or weights to finetune but not both.")
-    if not os.path.exists(args.solver):
-        raise CaffeError(f"{args.solver}: file not found")
-    workers, devices = parse_gpus(args.gpus, backend.gpu_available())
-    args.workers, args.devices = workers, devices
-    if workers > 1 or _mpi_world_size() > 1:
-        from ..parallel.launch import train_parallel  # written alongside; imported only when needed
-        return int(train_parallel(args) or 0)
-    return train_single(args)
-
-
-def train_single(args: argparse.Namespace) -> int:
-    """One process: pick the device as caffe.cpp does, then ``solvers.train``."""
-    from ..solvers import read_solver_file, train
-    from ..proto import caffe_pb2
-    param = read_solver_file(args.solver)
-    devices = args.devices
-    if devices is None and param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
-        devices = [param.device_id]  # caffe.cpp: no --gpus, solver_mode GPU -> device_id
-    if devices and backend.gpu_available():
-        backend.set_device(devices[0])
-        backend.set_mode_gpu()
-        info(f"Use GPU with device ID {devices[0]}", "caffe.cpp:215")
-    else:
-        backend.set_mode_cpu()
-        if devices:
-            info(f"No GPU available (asked for device {','.join(map(str, devices))}); running on the CPU.",
-                 "caffe.cpp:197")
-        info("Use CPU.", "caffe.cpp:197")
-    train(param, snapshot=args.snapshot or None, weights=args.weights or None, level=args.level,
-          stages=stages_from_args(args), sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
-    return 0
+    """Parse into a ``TrainJob`` and run it: in this process, or data-parallel when it asks for
+    more than one worker or runs under an MPI launcher with more than one rank (where a mistake
+    is checked once the ranks can abort together, so that it ends every rank)."""
+    job = TrainJob.from_namespace(args)
+    if launcher_world_size() <= 1:
+        job.validate()
+        if job.workers <= 1:
+            return train_single(job)
+    from ..parallel.launch import train_parallel
+    return int(train_parallel(job) or 0)

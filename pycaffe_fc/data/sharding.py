@@ -53,9 +53,9 @@ def set_shard(rank: int, size: int, split_batch: bool = True, test: bool = False
               seed: int | None = None) -> None:
     """Make data layers built from now on read worker ``rank``'s share of each batch.
 
-    ``seed`` (the same on every worker) seeds the layers' shuffles, so that shuffling data layers
-    (ImageData, HDF5Data) order the records identically on every worker even without a solver
-    random_seed."""
+    ``seed`` (the same on every worker) seeds the layers' counter-based random streams (shuffles,
+    crops, mirrors, dropout), so that every worker orders the records and draws identically even
+    without a solver random_seed."""
     global _shard
     rank, size = int(rank), int(size)
     if size < 1 or not 0 <= rank < size:
@@ -91,10 +91,31 @@ def plan_batch(batch_size: int, layer_name: str, phase: int, shard: Shard | None
     return BatchPlan(b, p * b, r + p * np.arange(b))
 
 
-def shuffle_seed(layer_name: str, fallback: np.random.Generator) -> int:
-    """Seed for a data layer's shuffle: from the shard's common seed when there is one, so every
-    worker shuffles alike, else drawn from ``fallback`` (the global rng)."""
-    if _shard is not None and _shard.seed is not None:
-        import zlib
-        return (int(_shard.seed) * 1000003 + zlib.crc32(layer_name.encode())) & 0xFFFFFFFF
-    return int(fallback.integers(0, 2**32))
+def global_row_span(local_n: int, phase: int, shard: Shard | None = None) -> tuple[int, int]:
+    """(start, stride): this worker's row j of ``local_n`` is sample ``start + stride * j`` of the
+    iteration's global batch (what keys per-sample randomness, so p workers draw what one
+    worker draws). Two integers, so the indices can be made on the device."""
+    n = int(local_n)
+    shard = _shard if shard is None else shard
+    if shard is None or shard.size == 1 or (phase != TRAIN and not shard.test):
+        return 0, 1
+    if shard.split_batch:
+        return shard.rank * n, 1
+    return shard.rank, shard.size
+
+
+def global_rows(local_n: int, phase: int, shard: Shard | None = None, xp=np):
+    """The global sample indices of this worker's ``local_n`` rows (uint64, on ``xp``)."""
+    start, stride = global_row_span(local_n, phase, shard)
+    rows = xp.arange(int(local_n), dtype=xp.uint64)
+    if stride != 1:
+        rows *= xp.uint64(stride)
+    if start:
+        rows += xp.uint64(start)
+    return rows
+
+
+def shard_seed() -> int | None:
+    """The data-parallel job's common seed (the same on every worker), if sharding is set."""
+    return None if _shard is None else _shard.seed
+

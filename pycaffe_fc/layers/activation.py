@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CaffeError
 from ..fillers import fill
-from ..rng import get_rng
+from .. import rng as rngmod
 from .base import TRAIN, Layer, register
 
 F32 = np.float32
@@ -472,7 +472,15 @@ class ClipLayer(NeuronLayer):
 @register("Dropout")
 class DropoutLayer(NeuronLayer):
     """DropoutLayer: in TRAIN keep each unit with probability 1 - ratio and scale the kept ones by
-    1 / (1 - ratio) (the mask comes from pycaffe_fc.rng); in TEST the identity."""
+    1 / (1 - ratio); in TEST the identity.
+
+    The mask is counter-based (pycaffe_fc.rng, an fc-caffe extension): keyed by the layer's seed
+    and forward count, with each unit's global index (global sample index x units per sample +
+    unit) as the counter, so p data-parallel workers drop exactly the units one worker drops and
+    a resumed run the ones the uninterrupted run would; made with ``xp`` (on the device on a GPU)."""
+
+    #: units drawn per chunk: bounds the uint64 scratch to a few MB whatever the blob's size
+    CHUNK = 1 << 20
 
     def setup(self, bottom, top) -> None:
         super().setup(bottom, top)
@@ -482,21 +490,36 @@ class DropoutLayer(NeuronLayer):
         self.ratio = ratio
         self.scale = F32(1.0 / (1.0 - ratio))
         self._mask = None  # float32: 0 or scale
-        self._gpu_rng = None
+        from ..data.sharding import shard_seed
+        self.random_stream = rngmod.LayerStream(rngmod.stream_seed(shard_seed()), self.name, self.phase,
+                                                follow=True)
+
+    def resume_state(self) -> dict:
+        """fc-caffe extension: the mask stream's seed and the masks drawn so far."""
+        seed, draws = self.random_stream.state()
+        return {"seed": seed, "draws": draws, "position": 0}
+
+    def restore_resume_state(self, seed: int, draws: int, position: int) -> None:
+        self.random_stream.restore(seed, draws)
 
     def _draw_mask(self, shape):
+        from ..data.sharding import global_rows
         xp = self.xp
         mask = self._mask
         if mask is None or mask.shape != shape:
             mask = self._mask = xp.empty(shape, F32)
-        # u >= ratio has probability 1 - ratio (Caffe's Bernoulli(1 - ratio))
-        if xp is np:
-            get_rng().random(out=mask, dtype=F32)
-            xp.greater_equal(mask, F32(self.ratio), out=mask)
-        else:  # a device generator, seeded from the process rng so a seed still fixes the run
-            if self._gpu_rng is None:
-                self._gpu_rng = xp.random.default_rng(int(get_rng().integers(2 ** 63)))
-            mask[...] = self._gpu_rng.random(shape, dtype=F32) >= F32(self.ratio)
+        key = self.random_stream.next_key()
+        n = int(shape[0]) if len(shape) else 1
+        per = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        rows = global_rows(n, self.phase, xp=xp)   # made on the device in GPU mode
+        flat = mask.reshape(n, per)
+        units = xp.arange(per, dtype=xp.uint64)
+        # bits >= ratio * 2^64 has probability 1 - ratio (Caffe's Bernoulli(1 - ratio))
+        thresh = xp.uint64(rngmod.keep_threshold(self.ratio))
+        step = max(1, self.CHUNK // max(per, 1))
+        for a in range(0, n, step):
+            counters = rows[a:a + step, None] * xp.uint64(per) + units[None, :]
+            xp.greater_equal(rngmod.random_bits(xp, key, counters, overwrite=True), thresh, out=flat[a:a + step])
         mask *= self.scale
         return mask
 

@@ -19,10 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import backend
-from ..blob import Blob
+from ..blob import HEAD_AT_GPU, SYNCED, Blob
 from ..errors import CaffeError
 
 TRAIN, TEST = 0, 1
+_side = backend._side  # which side (host/device) blob.data gives the calling thread
 
 LAYER_REGISTRY: dict[str, type["Layer"]] = {}
 
@@ -45,12 +46,42 @@ def layer_type_list() -> list[str]:
     return sorted(LAYER_REGISTRY)
 
 
+#: The 61 layer types BVLC Caffe (master) registers, to tell a Caffe layer fc-caffe lacks from a
+#: fork's own layer in the unknown-type error.
+BVLC_LAYER_TYPES = frozenset("""
+    AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss Convolution
+    Crop Data Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter Flatten
+    HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM LSTMUnit
+    Log MVN MemoryData MultinomialLogisticLoss PReLU Parameter Pooling Power Python RNN ReLU
+    Reduction Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax
+    SoftmaxWithLoss Split Swish TanH Threshold Tile WindowData""".split())
+
+
+class UnknownLayerType(CaffeError):
+    """LayerRegistry::CreateLayer's "Unknown layer type" (the Net adds the prototxt file:line)."""
+
+    def __init__(self, layer_name: str, type_name: str, where: str = "") -> None:
+        self.layer_name, self.type_name = layer_name, type_name
+        if type_name in BVLC_LAYER_TYPES:
+            kind = "a BVLC Caffe layer type that fc-caffe does not implement"
+        else:
+            kind = "not a BVLC Caffe layer type (a fork's custom layer?)"
+        prefix = f"{where}: " if where else ""
+        # Caffe's own wording and list: "Unknown layer type: X (known types: A, B, ...)"
+        super().__init__(f"{prefix}layer '{layer_name}': Unknown layer type: {type_name} ({kind}) "
+                         f"(known types: {', '.join(layer_type_list())})")
+
+    def at(self, where: str) -> "UnknownLayerType":
+        """The same error, located (``path:line:col``)."""
+        return UnknownLayerType(self.layer_name, self.type_name, where)
+
+
 def create_layer(param, phase: int) -> "Layer":
     """LayerRegistry::CreateLayer: build the layer of ``param.type``."""
     from . import load_all  # noqa: F401
     cls = LAYER_REGISTRY.get(param.type)
     if cls is None:
-        raise CaffeError(f"layer '{param.name}': unknown layer type '{param.type}'")
+        raise UnknownLayerType(param.name, param.type)
     return cls(param, phase)
 
 
@@ -108,22 +139,50 @@ class Layer:
 
     # -- the framework's verbs (Layer::SetUp / Forward / Backward) ------------------
     def SetUp(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        if self.xp is not np and not _side.device:
+            # a GPU layer works on the device copies of its blobs (Caffe's *_gpu verbs)
+            with backend.device_side():
+                return self.SetUp(bottom, top)
         self._check_blob_counts(bottom, top)
         self.setup(bottom, top)
         self.reshape(bottom, top)
         self._set_loss_weights(top)
 
     def Forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> float:
+        if self.xp is not np and not _side.device:
+            with backend.device_side():
+                # Caffe's Forward_gpu reads its bottoms through gpu_data(): a bottom copied up
+                # (or already current on both sides) stays SYNCED, so a pycaffe script writing
+                # net.blobs['data'].data[...] next time does not first copy the old batch down.
+                inputs = _synced_bottoms(bottom, top)
+                loss = self.Forward(bottom, top)
+                for m in inputs:
+                    if m.head == HEAD_AT_GPU:
+                        m.head = SYNCED
+                return loss
         self.reshape(bottom, top)
         self.forward(bottom, top)
         loss = 0.0
         for t, w in zip(top, self.loss_weights):
             if w:
-                loss += w * float(t.data.sum(dtype=np.float64))
+                # on a GPU, as Caffe's Forward reads the loss through cpu_data(): one copy down,
+                # after which the host copy is current and the solver's display reads it free
+                v = t.cpu_data() if self.xp is not np else t.data
+                loss += w * float(v.sum(dtype=np.float64))
         return loss
 
     def Backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        if self.xp is not np and not _side.device:
+            with backend.device_side():
+                return self.backward(top, propagate_down, bottom)
         self.backward(top, propagate_down, bottom)
+
+    def Reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """Layer::Reshape as the Net calls it (on the device side for a GPU layer)."""
+        if self.xp is not np and not _side.device:
+            with backend.device_side():
+                return self.reshape(bottom, top)
+        self.reshape(bottom, top)
 
     def _set_loss_weights(self, top: Sequence[Blob]) -> None:
         lw = list(self.layer_param.loss_weight)
@@ -167,6 +226,21 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"<{self.type} layer '{self.name}'>"
+
+
+def _synced_bottoms(bottom: Sequence[Blob], top: Sequence[Blob]) -> list:
+    """The data memories of the bottoms that are inputs only (no top shares them), made current
+    on the device (Blob::gpu_data) and now SYNCED."""
+    outs = {id(t._dm) for t in top}
+    synced = []
+    for b in bottom:
+        m = b._dm
+        if id(m) in outs:
+            continue
+        b.gpu_data()
+        if m.head == SYNCED:
+            synced.append(m)
+    return synced
 
 
 class LossLayer(Layer):

@@ -39,6 +39,9 @@ BATCH_LAST_MAX_WIDTH = 16
 #: afterwards (a temporary of N weights): no transposed copy of top_diff is needed at all, and
 #: OpenBLAS is slow on the one long-K product with a few outputs that it replaces
 STACKED_WGRAD_MAX_BYTES = 4 << 20
+#: on a GPU the stacked weight gradient (N per-image GEMMs, then a sum) saves the transposed
+#: copy of top_diff; above this temporary size one long-K GEMM is used instead
+GPU_STACKED_WGRAD_MAX_BYTES = 64 << 20
 
 
 def _column_cache_bytes() -> int:
@@ -152,6 +155,12 @@ class _ConvGemm:
         self.per_image = (not self.batch_last and self.p >= PER_IMAGE_MIN_POSITIONS and
                           self.og * self.ckg * self.p >= PER_IMAGE_MIN_MACS)
         self.stacked_wgrad = self.per_image and num * num_output * self.ckg * 4 <= STACKED_WGRAD_MAX_BYTES
+        self.gpu = xp is not np
+        if self.gpu:
+            # on a GPU every call is a kernel launch and a batched GEMM is one launch whatever
+            # its shapes: per-image GEMMs straight from top_diff need no layout copies at all
+            self.batch_last, self.per_image = False, True
+            self.stacked_wgrad = num * num_output * self.ckg * 4 <= GPU_STACKED_WGRAD_MAX_BYTES
 
     # column matrix (C*K, N*P) of ``img`` in the 'col' workspace; (C*K, P*N) when batch-last
     @property
@@ -212,6 +221,11 @@ class _ConvGemm:
         Computed as its transpose col @ dout_t^T: for these long-K products (K = N*P) OpenBLAS is
         up to several times faster with the wider operand first."""
         G, npos = self.group, self.n * self.p
+        if self.gpu:  # the product in the weight's own layout: no transposed copy to add
+            tmp = workspace("wgrad", (G, self.og, self.ckg), self.xp)
+            self.xp.matmul(dout_t.reshape(G, self.og, npos), col.reshape(G, self.ckg, npos).swapaxes(1, 2), out=tmp)
+            weight_diff += tmp.reshape(weight_diff.shape)
+            return
         tmp = workspace("wgrad", (G, self.ckg, self.og), self.xp)
         self.xp.matmul(col.reshape(G, self.ckg, npos), dout_t.reshape(G, self.og, npos).swapaxes(1, 2), out=tmp)
         weight_diff += tmp.swapaxes(1, 2).reshape(weight_diff.shape)
@@ -224,6 +238,11 @@ class _ConvGemm:
             cols = img.reshape(n, G, self.cg, p)
         else:
             cols = col.reshape(G, self.ckg, n, p).transpose(2, 0, 1, 3)
+        if self.gpu:  # in the weight's own layout (G, Og, CgK): the sum adds without a copy
+            tmp = workspace("wgrad_n", (n, G, self.og, self.ckg), xp)
+            xp.matmul(dout.reshape(n, G, self.og, p), cols.swapaxes(2, 3), out=tmp)
+            weight_diff += tmp.sum(axis=0).reshape(weight_diff.shape)
+            return
         tmp = workspace("wgrad_n", (n, G, self.ckg, self.og), xp)
         xp.matmul(cols, dout.reshape(n, G, self.og, p).swapaxes(2, 3), out=tmp)
         weight_diff += tmp.sum(axis=0).swapaxes(1, 2).reshape(weight_diff.shape)
@@ -275,7 +294,9 @@ class _ConvGemm:
         """bias_diff += the sum of dout over the batch and positions: as Caffe, a GEMV with a
         vector of ones (several times faster than numpy's reduction over the rows)."""
         xp = self.xp
-        if dout_t is not None:
+        if self.gpu:  # one reduction over the batch and positions, one add
+            bias_diff += dout.reshape(self.n, self.o, self.p).sum(axis=(0, 2))
+        elif dout_t is not None:
             bias_diff += xp.matmul(dout_t.reshape(self.o, -1), self._ones(self.n * self.p))
         else:
             per_image = xp.matmul(dout.reshape(self.n * self.o, self.p), self._ones(self.p))

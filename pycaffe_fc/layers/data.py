@@ -5,9 +5,16 @@ As Caffe's BasePrefetchingDataLayer, Data and ImageData load batches on a backgr
 take the shape of the first record at setup and of each batch's first record at every forward
 (so batch-1 layers accept images of varying size). When data-parallel sharding is set
 (``pycaffe_fc.data.sharding.set_shard``) each worker reads its share of every batch.
+
+Each layer knows the global stream position of the next batch the net will consume (not what
+the prefetcher has read ahead) and the seed of its counter-based random stream; a solver
+snapshot saves both (``resume_state``) and a resumed run puts them back
+(``restore_resume_state``), so it reads and draws exactly what the uninterrupted run would. This
+is an fc-caffe extension: BVLC Caffe's data layers start again from the first record.
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 
 import numpy as np
@@ -15,19 +22,19 @@ import numpy as np
 from ..data import db as dbmod
 from ..data.datum import datum_pixels, read_image
 from ..data.prefetch import Prefetcher, map_decode
-from ..data.sharding import plan_batch, shuffle_seed
+from ..data.sharding import plan_batch, shard_seed
 from ..data.stream import FileRowStream, IndexStream, read_list_file
 from ..data.transformer import DataTransformer
 from ..errors import CaffeError
 from ..proto import caffe_pb2
-from ..rng import get_rng
+from ..rng import LayerStream, stream_seed
 from .base import Layer, register
 
 
-def _layer_rng() -> np.random.Generator:
-    # InternalThread::StartInternalThread seeds the prefetch thread from caffe_rng_rand(), so runs
-    # with the same random_seed draw the same crops and mirrors
-    return np.random.default_rng(int(get_rng().integers(0, 2**63)))
+def _layer_stream(layer: Layer) -> LayerStream:
+    # the same seed on every worker (the solver's random_seed or the job's common seed), so
+    # workers draw alike; without one, a fresh seed that snapshots save
+    return LayerStream(stream_seed(shard_seed()), layer.name, layer.phase)
 
 
 def _shutdown(prefetcher: Prefetcher | None, closeable) -> None:
@@ -48,26 +55,60 @@ class BasePrefetchingDataLayer(Layer):
 
     def setup(self, bottom, top):
         self.output_labels = len(top) > 1
-        self.rng = _layer_rng()
-        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.rng,
-                                           what=f"layer '{self.name}'")
+        self.random_stream = _layer_stream(self)
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
+                                           self.random_stream.key("transform"), what=f"layer '{self.name}'")
         loader, closeable, data_shape = self.data_layer_setup()
         top[0].reshape(data_shape)
         if self.output_labels:
             top[1].reshape((data_shape[0],))
-        count = self.layer_param.data_param.prefetch if self.layer_param.HasField("data_param") else 4
-        self.prefetcher = Prefetcher(loader, count, name=f"layer '{self.name}'")
-        self._finalizer = weakref.finalize(self, _shutdown, self.prefetcher, closeable)
+        self._prefetch_count = (self.layer_param.data_param.prefetch
+                                if self.layer_param.HasField("data_param") else 4)
+        self._loader, self._closeable = loader, closeable
+        #: global stream position (records) of the next batch forward hands to the net
+        self.position = 0
+        self._finalizer = None
+        self._start_prefetch()
+
+    def _start_prefetch(self) -> None:
+        loader, start, block = self._loader, self.position, self._loader.plan.block
+        batches = itertools.count()
+
+        def load():  # the thread holds only the loader, never the layer
+            return loader(start + next(batches) * block)
+
+        self.prefetcher = Prefetcher(load, self._prefetch_count, name=f"layer '{self.name}'")
+        self._finalizer = weakref.finalize(self, _shutdown, self.prefetcher, self._closeable)
 
     def data_layer_setup(self):
-        """Open the source; return (loader callable, object to close, top shape)."""
+        """Open the source; return (loader, object to close, top shape). ``loader(position)``
+        loads the batch whose block starts at global stream ``position``; it has a ``plan``."""
         raise NotImplementedError
+
+    def apply_seed(self) -> None:
+        """Re-derive the source's shuffle keys from ``random_stream`` (after a restore)."""
+
+    # -- resume (fc-caffe extension) ----------------------------------------------------------
+    def resume_state(self) -> dict:
+        """The read position of the next batch the net consumes, and the random stream's seed."""
+        return {"seed": self.random_stream.seed, "draws": 0, "position": self.position}
+
+    def restore_resume_state(self, seed: int, draws: int, position: int) -> None:
+        """Continue from a snapshot: discard what was prefetched, read from ``position`` on."""
+        self._finalizer.detach()
+        self.prefetcher.close()
+        self.random_stream.reseed(seed)
+        self.transformer.rekey(self.random_stream.key("transform"))
+        self.apply_seed()
+        self.position = int(position)
+        self._start_prefetch()
 
     def reshape(self, bottom, top):
         pass  # tops take each batch's shape in forward, as Caffe's Forward_cpu does
 
     def forward(self, bottom, top):
         data, label = self.prefetcher.next()
+        self.position += self._loader.plan.block
         top[0].reshape(data.shape)
         top[0].set_data(self.xp.asarray(data))
         if self.output_labels:
@@ -83,24 +124,21 @@ class BasePrefetchingDataLayer(Layer):
 class _DatumLoader:
     """Reads this worker's records of each block of the LMDB stream, decodes and transforms them."""
 
-    def __init__(self, stream: dbmod.LMDBStream, plan, transformer: DataTransformer, what: str) -> None:
+    def __init__(self, stream, plan, transformer: DataTransformer, what: str) -> None:
         self.stream = stream
         self.plan = plan
         self.transformer = transformer
         self.what = what
-        self.iteration = 0
 
-    def __call__(self):
-        positions = self.plan.positions(self.iteration)
-        self.iteration += 1
+    def __call__(self, start: int):
+        positions = start + self.plan.offsets
         records = [self.stream.value_at(int(q)) for q in positions]
         t = self.transformer
 
         def pixels(rec):
             key, value = rec
-            d = caffe_pb2.Datum()
-            d.ParseFromString(value)
-            where = f"{self.what}: record '{key.decode(errors='replace')}'"
+            d = dbmod.parse_datum(value, key, self.stream.path, self.what)
+            where = f"{self.what}: {self.stream.path}: record '{key.decode(errors='replace')}'"
             return datum_pixels(d, t.force_color, t.force_gray, what=where), d.label
 
         # encoded images decode on the pool (OpenCV releases the GIL); raw ones are just copied
@@ -109,8 +147,8 @@ class _DatumLoader:
         else:
             out = [pixels(r) for r in records]
         imgs = [p for p, _ in out]
-        _check_same_shape(imgs, [k for k, _ in records], self.what)
-        data = t.transform(np.stack(imgs))
+        _check_same_shape(imgs, [k for k, _ in records], f"{self.what}: {self.stream.path}")
+        data = t.transform(np.stack(imgs), positions)
         labels = np.asarray([lab for _, lab in out], dtype=np.float32)
         return data, labels
 
@@ -133,19 +171,20 @@ def _check_same_shape(imgs, names, what: str) -> None:
 
 @register("Data")
 class DataLayer(BasePrefetchingDataLayer):
-    """DataLayer: Datum records of an LMDB (``data_param.source``) in key order, restarting at the end."""
+    """DataLayer: Datum records of an LMDB or LevelDB (``data_param.source``, ``backend``) in key
+    order, restarting at the end."""
 
     def data_layer_setup(self):
         p = self.layer_param.data_param
         what = f"layer '{self.name}'"
-        dbmod.resolve_backend(p.backend, p.source, what, explicit=p.HasField("backend"))
         plan = plan_batch(p.batch_size, self.name, self.phase)
-        stream = dbmod.LMDBStream(p.source, what)
-        d = caffe_pb2.Datum()
-        d.ParseFromString(stream.first_value())
+        stream = dbmod.open_stream(p.backend, p.source, what, explicit=p.HasField("backend"))
+        key, value = stream.first_record()
+        d = dbmod.parse_datum(value, key, p.source, what)
         t = self.transformer
         # force_color/force_gray act on encoded records only (Caffe logs that and goes on)
-        shape = t.infer_shape(datum_pixels(d, t.force_color, t.force_gray, what=what).shape)
+        first = f"{what}: {p.source}: record '{key.decode(errors='replace')}'"
+        shape = t.infer_shape(datum_pixels(d, t.force_color, t.force_gray, what=first).shape)
         self.stream = stream
         self.plan = plan
         return _DatumLoader(stream, plan, t, what), stream, (plan.local_batch,) + shape
@@ -166,11 +205,12 @@ class _ImageLoader:
             raise CaffeError(f"{self.what}: could not load {self.root + self.names[i]}")
         return img
 
-    def __call__(self):
-        ids = self.stream.take(self.plan.block)[self.plan.offsets]
+    def __call__(self, start: int):
+        positions = start + self.plan.offsets
+        ids = self.stream.indices(positions)
         imgs = map_decode(self.load, [int(i) for i in ids])
         _check_same_shape(imgs, [self.names[i] for i in ids], self.what)
-        return self.transformer.transform_hwc(np.stack(imgs)), self.labels[ids]
+        return self.transformer.transform_hwc(np.stack(imgs), positions), self.labels[ids]
 
 
 @register("ImageData")
@@ -191,20 +231,27 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         if not lines:
             raise CaffeError(f"{what}: list file '{p.source}' is empty")
         plan = plan_batch(p.batch_size, self.name, self.phase)
-        shuffle_rng = np.random.default_rng(shuffle_seed(self.name, get_rng())) if p.shuffle else None
-        skip = 0
-        if p.rand_skip:
-            skip = int(get_rng().integers(0, 2**32)) % int(p.rand_skip)
-            if skip >= len(lines):
-                raise CaffeError(f"{what}: not enough images ({len(lines)}) to skip {skip}")
-        stream = IndexStream(len(lines), bool(p.shuffle), shuffle_rng, start=skip)
+        stream = IndexStream(len(lines), bool(p.shuffle), self.random_stream.key("shuffle"))
+        self.index_stream = stream
+        self.apply_seed()
         loader = _ImageLoader(lines, p.root_folder, nh, nw, bool(p.is_color), stream, plan,
                               self.transformer, what)
-        first = loader.load(int(stream.order[skip]))
+        first = loader.load(int(stream.indices([0])[0]))
         shape = self.transformer.infer_shape((first.shape[2], first.shape[0], first.shape[1]))
         self.lines = lines
         self.plan = plan
         return loader, None, (plan.local_batch,) + shape
+
+    def apply_seed(self) -> None:
+        p = self.layer_param.image_data_param
+        s = self.index_stream
+        s.key = self.random_stream.key("shuffle") if s.shuffle else 0
+        s._orders.clear()
+        s.start = 0
+        if p.rand_skip:  # keyed too, so every worker (and a resumed run) skips alike
+            s.start = self.random_stream.key("rand_skip") % int(p.rand_skip)
+            if s.start >= s.n:
+                raise CaffeError(f"layer '{self.name}': not enough images ({s.n}) to skip {s.start}")
 
 
 # -- HDF5Data --------------------------------------------------------------------------------------
@@ -262,8 +309,10 @@ class HDF5DataLayer(Layer):
                                  f"{trailing}")
             rows.append(n)
         self.plan = plan_batch(p.batch_size, self.name, self.phase)
-        rng = np.random.default_rng(shuffle_seed(self.name, get_rng())) if p.shuffle else None
-        self.stream = FileRowStream(rows, bool(p.shuffle), rng)
+        self.random_stream = _layer_stream(self)
+        self.stream = FileRowStream(rows, bool(p.shuffle), self.random_stream.key("shuffle"))
+        #: global stream position (rows) of the next batch
+        self.position = 0
         self._cache: dict[int, list[np.ndarray]] = {}
         for t, tr in zip(top, trailing):
             t.reshape((self.plan.local_batch,) + tuple(tr))
@@ -280,9 +329,18 @@ class HDF5DataLayer(Layer):
     def reshape(self, bottom, top):
         pass
 
+    def resume_state(self) -> dict:
+        """fc-caffe extension: the position of the next batch and the shuffle's seed."""
+        return {"seed": self.random_stream.seed, "draws": 0, "position": self.position}
+
+    def restore_resume_state(self, seed: int, draws: int, position: int) -> None:
+        self.random_stream.reseed(seed)
+        self.stream = FileRowStream(list(self.stream.rows), self.stream.shuffle, self.random_stream.key("shuffle"))
+        self.position = int(position)
+
     def forward(self, bottom, top):
-        files, rows = self.stream.take(self.plan.block)
-        files, rows = files[self.plan.offsets], rows[self.plan.offsets]
+        files, rows = self.stream.locate(self.position + self.plan.offsets)
+        self.position += self.plan.block
         # consecutive runs of the same file are gathered at once
         cuts = np.flatnonzero(np.diff(files)) + 1
         starts = np.concatenate([[0], cuts])

@@ -3,7 +3,7 @@ import importlib
 
 FAMILIES = (
     "input", "conv", "pooling", "inner_product", "normalization", "activation", "shape",
-    "eltwise", "loss", "misc", "data", "python_layer",
+    "eltwise", "loss", "misc", "data", "python_layer", "recurrent", "hdf5_output", "window_data",
 )
 
 for _name in FAMILIES:

@@ -186,7 +186,7 @@ class InfogainLossLayer(_SoftmaxLossBase):
             if not p.source:
                 raise CaffeError(f"layer '{self.name}': infogain matrix source must be specified")
             from ..proto import io as proto_io
-            h = proto_io.blobproto_to_array(proto_io.read_blobproto(p.source))
+            h = proto_io.blobproto_to_array(proto_io.read_blobproto(p.source), what=f"infogain matrix {p.source}")
             self._H = backend.asarray(np.asarray(h, F32))
 
     def _infogain(self, bottom):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CaffeError
-from ..im2col import workspace
+from ..im2col import bordered, workspace
 from .base import TEST, Layer, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -53,6 +53,8 @@ class LRNLayer(Layer):
         else:
             self.window_count, self.base = self.size * self.size, 1.0
         self._scale = None
+        #: window sums over strided views (CuPy: few launches); shifted adds on numpy
+        self.gpu = self.xp is not np
 
     def reshape(self, bottom, top):
         if bottom[0].num_axes != 4:
@@ -73,10 +75,61 @@ class LRNLayer(Layer):
             _window_sum(self.xp, src, tmp, self.pre_pad, 2)
             _window_sum(self.xp, tmp, out, self.pre_pad, 3, base)
 
+    # -- the GPU path: each window sum is one reduction over a strided view ---------------------
+    def _bordered(self, shape):
+        """A cached buffer holding ``shape`` with pre_pad zeros around it on the window's axes
+        (channels, or height and width), and its interior, which the caller fills."""
+        axes = (1,) if self.region == ACROSS_CHANNELS else (2, 3)
+        h = self.pre_pad
+        full = tuple(s + 2 * h if a in axes else s for a, s in enumerate(shape))
+        box = tuple(slice(h, h + s) if a in axes else slice(None) for a, s in enumerate(shape))
+        buf = bordered(self.xp, full, box, 0.0, np.float32, "lrn")
+        return buf, buf[box]
+
+    def _window_gpu(self, buf, out) -> None:
+        """out = the sum over each window of the bordered buffer: one strided view, one sum."""
+        st, n = buf.strides, self.size
+        if self.region == ACROSS_CHANNELS:
+            shape = out.shape + (n,)
+            strides = st + (st[1],)
+            axes = (4,)
+        else:
+            shape = out.shape + (n, n)
+            strides = st + (st[2], st[3])
+            axes = (4, 5)
+        view = self.xp.lib.stride_tricks.as_strided(buf, shape=shape, strides=strides)
+        view.sum(axis=axes, out=out)
+
+    def _forward_gpu(self, x, y) -> None:
+        xp = self.xp
+        scale, sb = self._scale, self._scale_beta
+        buf, inner = self._bordered(x.shape)
+        xp.multiply(x, x, out=inner)
+        inner *= np.float32(self.alpha / self.window_count)
+        self._window_gpu(buf, scale)
+        scale += np.float32(self.base)
+        xp.power(scale, np.float32(self.beta), out=sb)
+        xp.divide(x, sb, out=y)
+
+    def _backward_gpu(self, x, y, dy, dx) -> None:
+        xp = self.xp
+        buf, inner = self._bordered(x.shape)
+        xp.multiply(dy, y, out=inner)
+        inner /= self._scale
+        acc = workspace("lrn_acc", x.shape, xp)
+        self._window_gpu(buf, acc)
+        acc *= x
+        acc *= np.float32(2.0 * self.alpha * self.beta / self.window_count)
+        xp.divide(dy, self._scale_beta, out=dx)
+        dx -= acc
+
     def forward(self, bottom, top):
         # every step is one pass over memory-bound arrays, so the passes are kept few
         xp = self.xp
         x = bottom[0].data
+        if self.gpu:
+            self._forward_gpu(x, top[0].data)
+            return
         scale, sb = self._scale, self._scale_beta
         xp.multiply(x, x, out=sb)  # sb holds alpha/n' * x^2 for a moment
         sb *= np.float32(self.alpha / self.window_count)
@@ -95,6 +148,9 @@ class LRNLayer(Layer):
             return
         xp = self.xp
         x, y, dy = bottom[0].data, top[0].data, top[0].diff
+        if self.gpu:
+            self._backward_gpu(x, y, dy, bottom[0].diff)
+            return
         ratio = workspace("lrn_ratio", x.shape, xp)
         xp.multiply(dy, y, out=ratio)
         ratio /= self._scale

@@ -6,16 +6,19 @@ are clipped to the image; AVE divides by the window clipped to the *padded* imag
 while summing over the part inside the image; MAX backward routes each gradient to the first
 maximum in the window's row-major scan order.
 
-Everything is vectorised over the batch: a Python loop over the kernel offsets only, each step one
-strided operation on every image and channel (the same offset table as im2col).
+Everything is vectorised over the batch. On the CPU: a Python loop over the kernel offsets only,
+each step one long strided operation on every image and channel, on worker threads (WideLayout).
+On CuPy, where each call is a kernel launch: one strided view of every window (as im2col_gpu),
+reduced over the window axes (argmax/max, or sum), and backward as one scatter_add of the top
+diff at the argmax positions (MAX) or one col2im_gpu fold (AVE): a few launches per layer.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import CaffeError
-from ..im2col import _cached_offsets, scatter_add, workspace
-from ..rng import get_rng
+from ..im2col import _cached_offsets, col2im_gpu, image_windows, padded_extent, scatter_add, workspace
+from .. import rng as rngmod
 from ..threads import run_ranges
 from .base import TRAIN, Layer, register
 
@@ -187,6 +190,9 @@ class PoolingKernel:
         self.rand_idx = None    # STOCHASTIC (TRAIN): in-plane index of the sampled pixel
         self._divisor = None
         self._tables = None
+        self._tables_gpu = None
+        #: the whole-window path (CuPy: few launches); the offset loop on worker threads on numpy
+        self.gpu = xp is not np
         self.wide = WideLayout(geom, shape[0], shape[1])
 
     # -- MAX --------------------------------------------------------------------------------
@@ -336,7 +342,11 @@ class PoolingKernel:
         for _, box, v in self._windows(x):
             t = total[box]
             xp.add(t, v, out=t)
-        u = xp.asarray(get_rng().random(top.shape, dtype=np.float32))
+        # counter-based, keyed by the owning layer and global unit index (pycaffe_fc.rng): the
+        # same for any worker count; a kernel without an owner layer draws from the process stream
+        owner = getattr(self, "owner", None)
+        u = (rngmod.layer_uniform(owner, xp, top.shape) if owner is not None
+             else xp.asarray(rngmod.get_rng().random(top.shape, dtype=np.float32)))
         thres = u * total
         cum = xp.zeros(top.shape, np.float32)
         found = xp.zeros(top.shape, bool)
@@ -361,9 +371,93 @@ class PoolingKernel:
             cumval[box] += v * v
         xp.divide(cumval, cumsum, out=top)
 
+    # -- the GPU path: every window at once (see im2col_gpu) -----------------------------------
+    @property
+    def _direct_plane(self) -> bool:
+        """One window that is exactly the image: its pixels in plane order are the window."""
+        g = self.g
+        return g.out_hw == (1, 1) and not any(g.pad) and g.kernel == g.in_hw
+
+    def _gpu_geometry(self):
+        """(padded H, W) the windows read, or None when they read the bottom itself."""
+        g = self.g
+        if self._direct_plane:
+            return None
+        return padded_extent(g.in_hw, g.kernel, g.stride, g.pad, (1, 1), g.out_hw)
+
+    def _max_forward_gpu(self, x, top) -> None:
+        xp, g = self.xp, self.g
+        n, c = x.shape[:2]
+        k = g.kernel[0] * g.kernel[1]
+        if self._direct_plane:
+            win = x.reshape(n, c, 1, 1, k)
+        else:
+            # outside the image counts as -FLT_MAX, Caffe's initial value: clipped windows ignore it
+            view = image_windows(x, g.kernel, g.stride, g.pad, (1, 1), g.out_hw, -FLT_MAX)
+            w6 = workspace("pool_windows", view.shape, xp)
+            xp.copyto(w6, view)
+            win = w6.reshape(n, c, g.out_hw[0], g.out_hw[1], k)
+        # argmax is the first maximum in the window's row-major scan order, as Caffe's `>` scan
+        self.argmax, self.argmax_is_plane = win.argmax(axis=4), False
+        win.max(axis=4, out=top)
+
+    def _gpu_tables(self):
+        """For routing gradients into the (padded) planes: per window offset its in-plane
+        displacement, per output its plane's start plus its window's corner (built once)."""
+        if self._tables_gpu is None:
+            g = self.g
+            n, c = self.shape[:2]
+            hp, wp = self._gpu_geometry() or g.in_hw
+            kh, kw = g.kernel
+            koff = (np.arange(kh)[:, None] * wp + np.arange(kw)[None, :]).reshape(-1)
+            corner = (np.arange(g.out_hw[0])[:, None] * g.stride[0] * wp +
+                      np.arange(g.out_hw[1])[None, :] * g.stride[1])
+            base = np.arange(n * c).reshape(n, c, 1, 1) * (hp * wp) + corner
+            self._tables_gpu = (self.xp.asarray(koff.astype(np.int64)), self.xp.asarray(base.astype(np.int64)))
+        return self._tables_gpu
+
+    def _max_backward_gpu(self, dtop, dbottom) -> None:
+        xp, g = self.xp, self.g
+        n, c, h, w = self.shape
+        koff, base = self._gpu_tables()
+        flat = xp.take(koff, self.argmax)
+        flat += base
+        padded = self._gpu_geometry()
+        target = dbottom if padded is None else workspace("pool_grad", (n, c) + tuple(padded), xp)
+        target.fill(0)
+        if g.overlapping:
+            scatter_add(xp, target.reshape(-1), flat.reshape(-1), dtop.reshape(-1))
+        else:  # each pixel belongs to at most one window: a plain scatter
+            target.reshape(-1)[flat.reshape(-1)] = dtop.reshape(-1)
+        if padded is not None:
+            ph, pw = g.pad
+            xp.copyto(dbottom, target[:, :, ph:ph + h, pw:pw + w])
+
+    def _ave_forward_gpu(self, x, top) -> None:
+        xp, g = self.xp, self.g
+        view = image_windows(x, g.kernel, g.stride, g.pad, (1, 1), g.out_hw, 0.0)
+        view.sum(axis=(4, 5), out=top)
+        xp.divide(top, self.divisor(), out=top)
+
+    def _ave_backward_gpu(self, dtop, dbottom) -> None:
+        xp, g = self.xp, self.g
+        n, c = self.shape[:2]
+        d = workspace("pool_ave_d", dtop.shape, xp)
+        xp.divide(dtop, self.divisor(), out=d)
+        # every pixel of a window gets the window's share: the columns of im2col with the same
+        # value at every kernel offset (a stride-0 view), folded back by col2im
+        st = d.strides
+        col = xp.lib.stride_tricks.as_strided(d, shape=(c, g.kernel[0], g.kernel[1], n) + g.out_hw,
+                                              strides=(st[1], 0, 0, st[0], st[2], st[3]))
+        col2im_gpu(col, g.kernel, g.stride, g.pad, (1, 1), g.in_hw, dbottom)
+
     # -- the verbs ----------------------------------------------------------------------------
     def forward(self, x, top, phase: int) -> None:
-        if self.method == MAX:
+        if self.gpu and self.method == MAX:
+            self._max_forward_gpu(x, top)
+        elif self.gpu and self.method == AVE and not self.g.whole_image:
+            self._ave_forward_gpu(x, top)
+        elif self.method == MAX:
             self._max_forward(x, top)
         elif self.method == AVE:
             self._ave_forward(x, top)
@@ -402,7 +496,11 @@ class PoolingKernel:
         lay.planes(xp, planes)
 
     def backward(self, dtop, dbottom) -> None:
-        if self.method == MAX and not self.argmax_is_plane:
+        if self.gpu and self.method == MAX:
+            self._max_backward_gpu(dtop, dbottom)
+        elif self.gpu and self.method == AVE and not self.g.whole_image:
+            self._ave_backward_gpu(dtop, dbottom)
+        elif self.method == MAX and not self.argmax_is_plane:
             self._max_backward(dtop, dbottom)
         elif self.method == MAX:
             self._route(self.plane_index(flat=True), dtop, dbottom)
@@ -472,6 +570,12 @@ class PoolingLayer(Layer):
         self.kernel, self.stride, self.pad = _pool_param_geometry(self.name, pp, bottom[0].shape)
         self.global_pooling = pp.global_pooling
         self.round_mode = pp.round_mode
+        if pp.HasField("ceil_mode"):  # the forks' spelling (field 1000): false = floor rounding
+            mode = CEIL if pp.ceil_mode else FLOOR
+            if pp.HasField("round_mode") and pp.round_mode != mode:
+                raise CaffeError(f"layer '{self.name}' (Pooling): ceil_mode: {str(pp.ceil_mode).lower()} "
+                                 f"contradicts round_mode: {'CEIL' if pp.round_mode == CEIL else 'FLOOR'}")
+            self.round_mode = mode
         self.kernel_fn = None
 
     def reshape(self, bottom, top):
@@ -488,6 +592,7 @@ class PoolingLayer(Layer):
             t.reshape((shape[0], shape[1], oh, ow))
 
     def forward(self, bottom, top):
+        self.kernel_fn.owner = self  # the layer whose random stream STOCHASTIC draws from
         self.kernel_fn.forward(bottom[0].data, top[0].data, self.phase)
         if len(top) > 1:
             top[1].data[...] = self.kernel_fn.plane_index()

@@ -7,9 +7,11 @@ before ``setup`` it is given ``self.param_str`` and ``self.phase``. Learnable bl
 ``self.blobs.add_blob(*shape)`` are parameters like any other layer's (solver updates, .caffemodel).
 
 The Net holds the user's own object (so ``net.layer_dict['data'].my_method()`` works); its class is a
-thin subclass of the user's class that (a) turns any exception raised by the user's code into a
-CaffeError naming the layer, chained to the original so its traceback shows, and (b) on the GPU,
-hands the user host (numpy) views of the blobs, as Caffe's PythonLayer runs on the CPU.
+thin subclass of the user's class that (a) lets any exception raised by the user's code propagate
+with its own type, as pycaffe does (``except MyError`` keeps working), adding a note that names the
+layer, the verb and the user's line (``e.caffe_context``, one line, what the CLI prints), and (b)
+on the GPU, runs the user's code on the host side, where ``blob.data``/``diff`` are numpy (the Blob's
+SyncedMemory copies down and up as needed), as Caffe's PythonLayer runs on the CPU.
 ``share_in_parallel`` is accepted; fc-caffe's data parallelism runs one process per worker, so a
 Python layer is never shared between solvers.
 """
@@ -27,11 +29,7 @@ import numpy as np
 from .. import backend
 from ..blob import Blob
 from ..errors import CaffeError
-from .base import TEST, BlobVec, Layer, register
-
-#: Hand the user host views of the blobs even on the CPU (tests exercise the GPU path with it).
-FORCE_HOST_VIEWS = False
-
+from .base import TEST, Layer, register
 
 @register("Python")
 class PythonLayer(Layer):
@@ -44,12 +42,12 @@ class PythonLayer(Layer):
         obj.param_str = param.python_param.param_str
         try:
             obj.__init__(param)  # pycaffe calls the class with the LayerParameter only
-        except CaffeError:
-            raise
         except Exception as e:
-            raise _layer_error(param.name, user_cls, "__init__", e) from e
+            _annotate(param.name, user_cls, "__init__", e)
+            raise
         obj.phase = phase
         obj.param_str = param.python_param.param_str
+        obj.xp = np  # the user's code computes with numpy, in either mode
         return obj
 
 
@@ -98,11 +96,29 @@ def _where(e: BaseException, user_file: str | None = None) -> str:
     return f" (at {frame.filename}:{frame.lineno})" if frame else ""
 
 
-def _layer_error(name: str, user_cls: type, verb: str, e: BaseException) -> CaffeError:
+#: attribute set on an exception that left a user's Python layer: its one-line context
+CONTEXT_ATTR = "caffe_context"
+
+
+def _annotate(name: str, user_cls: type, verb: str, e: BaseException) -> None:
+    """Add the layer, verb and user's line to ``e`` as a note (pycaffe propagates the user's own
+    exception; we keep its type and only add context). The innermost layer's note wins."""
+    if getattr(e, CONTEXT_ATTR, None):
+        return
     user_file = getattr(sys.modules.get(user_cls.__module__), "__file__", None)
     msg = " ".join(str(e).split())  # one line, as every CaffeError
-    return CaffeError(f"layer '{name}' (Python {user_cls.__module__}.{user_cls.__name__}): {verb} raised "
-                      f"{type(e).__name__}: {msg}{_where(e, user_file)}")
+    context = (f"layer '{name}' (Python {user_cls.__module__}.{user_cls.__name__}): {verb} raised "
+               f"{type(e).__name__}: {msg}{_where(e, user_file)}")
+    try:
+        setattr(e, CONTEXT_ATTR, context)
+    except AttributeError:  # an exception type with __slots__: the note alone carries it
+        pass
+    e.add_note(context)
+
+
+def exception_context(e: BaseException) -> str | None:
+    """The one-line context of an exception raised inside a user's Python layer, else None."""
+    return getattr(e, CONTEXT_ATTR, None)
 
 
 _SHELLS: dict[type, type] = {}
@@ -120,7 +136,7 @@ def _shell_class(user_cls: type[Layer]) -> type[Layer]:
 
 
 class _PythonLayerShell:
-    """Placed before the user's class in the MRO: guards each verb, gives host views on the GPU."""
+    """Placed before the user's class in the MRO: guards each verb, runs it on the host side."""
 
     type = "Python"
     _user_class: type = object
@@ -143,94 +159,14 @@ class _PythonLayerShell:
 
     @contextlib.contextmanager
     def _guard(self, verb: str, first: Sequence[Blob], second: Sequence[Blob]):
-        host = FORCE_HOST_VIEWS or self.xp is not np
-        views: dict[int, _HostBlob] = {}
-        real_blobs = self.blobs
         try:
-            if host:
-                def view(b):
-                    return views.setdefault(id(b), _HostBlob(b))
-                self.blobs = _HostBlobVec(real_blobs, views)
-                yield [view(b) for b in first], [view(b) for b in second]
-                for v in views.values():
-                    v.sync()
-            else:
+            # Caffe's PythonLayer runs on the CPU: the user's code is on the host side, where
+            # blob.data/diff are numpy (mutable_cpu_data: copied down when the device has newer
+            # values; the next GPU layer copies up what the user wrote).
+            with backend.device_side(False):
                 yield list(first), list(second)
-        except CaffeError as e:
-            if str(e).startswith(f"layer '{self.name}'"):
-                raise
-            raise _layer_error(self.name, self._user_class, verb, e) from e
         except Exception as e:
-            raise _layer_error(self.name, self._user_class, verb, e) from e
-        finally:
-            if host:
-                self.blobs = real_blobs
+            _annotate(self.name, self._user_class, verb, e)
+            raise
 
 
-class _HostBlob:
-    """A numpy view of a device Blob for user code; ``sync`` writes what was touched back."""
-
-    __slots__ = ("_blob", "_data", "_diff")
-
-    def __init__(self, blob: Blob) -> None:
-        self._blob = blob
-        self._data = None
-        self._diff = None
-
-    @staticmethod
-    def _host(a) -> np.ndarray:
-        h = backend.to_numpy(a)
-        return h.copy() if h is a else h
-
-    @property
-    def data(self) -> np.ndarray:
-        if self._data is None:
-            self._data = self._host(self._blob.data)
-        return self._data
-
-    @data.setter
-    def data(self, value) -> None:
-        self.data[...] = value
-
-    @property
-    def diff(self) -> np.ndarray:
-        if self._diff is None:
-            self._diff = self._host(self._blob.diff)
-        return self._diff
-
-    @diff.setter
-    def diff(self, value) -> None:
-        self.diff[...] = value
-
-    def reshape(self, *shape) -> None:
-        self.sync()
-        self._blob.reshape(*shape)
-        self._data = self._diff = None
-
-    def sync(self) -> None:
-        xp = backend.get_array_module(self._blob.data)
-        if self._data is not None:
-            self._blob.data[...] = xp.asarray(self._data)
-        if self._diff is not None:
-            self._blob.diff[...] = xp.asarray(self._diff)
-
-    def __getattr__(self, name):  # shape, count, num, channels, height, width, name ...
-        return getattr(self._blob, name)
-
-    def __repr__(self) -> str:
-        return f"HostView({self._blob!r})"
-
-
-class _HostBlobVec(BlobVec):
-    """``self.blobs`` during a host-view call: views of the real blobs; ``add_blob`` adds a real one."""
-
-    def __init__(self, real: BlobVec, views: dict) -> None:
-        super().__init__(views.setdefault(id(b), _HostBlob(b)) for b in real)
-        self._real = real
-        self._views = views
-
-    def add_blob(self, *shape: int):
-        b = self._real.add_blob(*shape)
-        v = self._views.setdefault(id(b), _HostBlob(b))
-        self.append(v)
-        return v

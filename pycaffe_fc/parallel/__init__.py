@@ -4,7 +4,10 @@
 - ``tree`` / ``ps`` / ``pipelined``: the all-reduce algorithms (binomial reduction tree,
   parameter server, segmented pipelined trees); ``allreduce``: the flat gradient buffer, the
   ``--sync`` selection and the overlap of communication with the backward pass.
-- ``launch``: ``train_parallel(args)`` and the self-launch through ``mpiexec``.
+- ``train_job``: one ``caffe train`` job as data (``TrainJob``, ``parse_gpus``), the one-process
+  run (``train_single``) and the guard rails (CPU workers vs cores, blobs vs memory).
+- ``launch``: ``train_parallel(job)`` and the self-launch through ``mpiexec``; ``jobcontrol``:
+  what holds such a job together (signal relay, no orphans, one error line).
 - ``comm_model``: the paper's communication model (Eq. 1-4).
 
 Nothing here imports MPI at import time: ``mpi4py`` is loaded only when a parallel run starts.

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .. import backend
+from ..blob import HEAD_AT_CPU, HEAD_AT_GPU
 from ..errors import CaffeError
 from .comm import World, check_same_everywhere, mpi
 from .pipelined import PipelinedTreeAllreduce
@@ -97,6 +98,13 @@ class GradientBuffer:
     A parameter's gradient is complete once backward has run every layer that uses it (shared
     parameters have several), i.e. after the lowest such layer; parameters are laid out by that
     layer, last layer first, and cut into buckets of about ``bucket_bytes``.
+
+    On a GPU (a net built in GPU mode), as Caffe's parallel.cpp flattens the parameters into one
+    device buffer, each bucket is one contiguous device array and every parameter's device diff
+    is a view into it, so the layers accumulate their gradients straight into the buckets; the
+    host buffer is pinned memory, and a bucket goes down in one copy and comes back in one (two
+    transfers per bucket per iteration, instead of two per parameter). On the CPU the diffs are
+    copied into and out of the host buffer parameter by parameter, as before.
     """
 
     def __init__(self, net, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
@@ -115,7 +123,8 @@ class GradientBuffer:
             self.offsets[i] = (pos, pos + params[i].count)
             pos += params[i].count
         self.size = pos
-        self.flat = np.zeros(pos, np.float32)
+        self.on_device = bool(getattr(net, "on_device", False)) and backend.cupy is not None
+        self.flat = _pinned_zeros(pos) if self.on_device else np.zeros(pos, np.float32)
         self.buckets: list[Bucket] = []
         cur: Bucket | None = None
         limit = max(1, int(bucket_bytes) // 4)
@@ -127,13 +136,77 @@ class GradientBuffer:
             cur.end = b
             cur.params.append(i)
             cur.ready_layer = min(cur.ready_layer, last_user[i])
+        self._bucket_of = {i: bk for bk in self.buckets for i in bk.params}
+        self.device_buckets: list = []
+        self._views: dict[int, object] = {}
+        if self.on_device:
+            self._bind_device_buckets()
 
     @property
     def nbytes(self) -> int:
         return self.size * 4
 
+    # -- the device buckets (GPU mode) -----------------------------------------------------
+    def _bind_device_buckets(self) -> None:
+        """One device array per bucket; each parameter's device diff becomes a view into it
+        (Caffe's apply_buffers), keeping its current value. Blobs sharing a parameter's diff
+        share its SyncedMemory, so they follow."""
+        cp = backend.cupy
+        self.device_buckets = [cp.zeros(bk.end - bk.start, np.float32) for bk in self.buckets]
+        for bk in self.buckets:
+            for i in bk.params:
+                self._bind(i)
+
+    def _bind(self, i: int) -> None:
+        bk = self._bucket_of[i]
+        a, b = self.offsets[i]
+        blob = self.net.learnable_params[i]
+        view = self.device_buckets[bk.index][a - bk.start:b - bk.start].reshape(blob.shape)
+        with backend.device_side(True):
+            current = blob.diff  # the device values (copied up once if the host had newer ones)
+            if current is not view:
+                view[...] = current
+        _set_device_diff(blob, view)
+        self._views[i] = view
+
+    def _bound(self, bucket: Bucket) -> None:
+        """Re-bind parameters whose diff memory was replaced (e.g. a reshape or set_diff)."""
+        params = self.net.learnable_params
+        for i in bucket.params:
+            if _device_diff(params[i]) is not self._views[i]:
+                self._bind(i)
+
+    def gather_bucket(self, bucket: Bucket) -> None:
+        """The bucket's gradients into the host buffer: one device-to-host copy on a GPU."""
+        if not self.on_device:
+            self.gather(bucket.params)
+            return
+        self._bound(bucket)
+        params = self.net.learnable_params
+        for i in bucket.params:
+            _device_head(params[i])  # a diff last written on the host goes up first (rare)
+        self.device_buckets[bucket.index].get(out=self.flat[bucket.start:bucket.end])
+
+    def scatter_bucket(self, bucket: Bucket, scale: float = 1.0) -> None:
+        """``scale`` times the bucket's host buffer back into the diffs: one host-to-device copy."""
+        if not self.on_device:
+            self.scatter(scale, bucket.params)
+            return
+        self._bound(bucket)
+        host = self.flat[bucket.start:bucket.end]
+        if scale != 1:
+            np.multiply(host, np.float32(scale), out=host)  # on the host: no kernel launch
+        self.device_buckets[bucket.index].set(host)
+        params = self.net.learnable_params
+        for i in bucket.params:
+            _mark_device_newer(params[i])
+
     def gather(self, param_ids=None) -> None:
         """Copy the gradients (blob diffs; device memory on a GPU) into the host buffer."""
+        if self.on_device and param_ids is None:
+            for bk in self.buckets:
+                self.gather_bucket(bk)
+            return
         params = self.net.learnable_params
         for i in (self.order if param_ids is None else param_ids):
             a, b = self.offsets[i]
@@ -142,6 +215,10 @@ class GradientBuffer:
     def scatter(self, scale: float = 1.0, param_ids=None) -> None:
         """Write ``scale`` times the buffer back into the blob diffs (Caffe scales the summed
         gradient by 1/solver_count: the gradient of the global mean loss)."""
+        if self.on_device and param_ids is None:
+            for bk in self.buckets:
+                self.scatter_bucket(bk, scale)
+            return
         params = self.net.learnable_params
         s = np.float32(scale)
         for i in (self.order if param_ids is None else param_ids):
@@ -174,6 +251,36 @@ class GradientBuffer:
                 blob.data[...] = src
             else:
                 blob.data[...] = backend.get_array_module(blob.data).asarray(src)
+
+
+def _pinned_zeros(n: int) -> np.ndarray:
+    """A float32 host array in page-locked memory (device copies run at full speed)."""
+    import cupyx  # type: ignore
+    a = cupyx.empty_pinned((n,), np.float32)
+    a[...] = 0
+    return a
+
+
+# The bucket binding works on a Blob's diff SyncedMemory (blob.py): the device array is replaced
+# in place, as Caffe's SyncedMemory::set_gpu_data, so every blob sharing that memory follows.
+def _set_device_diff(blob, view) -> None:
+    mem = blob._fm
+    mem.gpu = view
+    mem.head = HEAD_AT_GPU
+
+
+def _device_diff(blob):
+    return blob._fm.gpu
+
+
+def _device_head(blob) -> None:
+    mem = blob._fm
+    if mem.head == HEAD_AT_CPU:
+        mem.to_gpu()  # copies into the bound view (SyncedMemory keeps a contiguous device array)
+
+
+def _mark_device_newer(blob) -> None:
+    blob._fm.head = HEAD_AT_GPU
 
 
 def broadcast_weights(world: World, net) -> None:
@@ -311,7 +418,7 @@ class GradientSync:
             self.allreduce(buf.flat, 0)
             reduce_s = time.perf_counter() - tr
         tc = time.perf_counter()
-        buf.scatter(1.0 / self.world.size)
+        buf.scatter(1.0 / self.world.size)  # one copy per bucket on a GPU
         self.stats.copy_s += time.perf_counter() - tc
         self.stats.reduce_s += reduce_s
         self.stats.comm_s += time.perf_counter() - t0
@@ -337,7 +444,7 @@ class GradientSync:
 
     def _submit(self, bucket: Bucket) -> None:
         tc = time.perf_counter()
-        self.buffer.gather(bucket.params)
+        self.buffer.gather_bucket(bucket)  # one device-to-host copy on a GPU
         self.stats.copy_s += time.perf_counter() - tc
         self._thread.submit(self.buffer.flat[bucket.start:bucket.end], (bucket.index * 4099) % 30000)
 

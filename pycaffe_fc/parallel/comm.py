@@ -148,6 +148,8 @@ def select_device(world: World, gpus: list[int] | None = None) -> str:
 
     Returns a one-line description for the log.
     """
+    if backend.cupy is not None:
+        backend.require_gpu("--gpus")  # CuPy is there but cannot run: say what is missing
     n_dev = backend.gpu_available()
     if n_dev == 0:
         backend.set_mode_cpu()
@@ -167,20 +169,25 @@ ABORT_GRACE_S = 0.5
 
 def fail(world: World, reason: str, code: int = 1) -> None:
     """Report ``rank r: reason`` on stderr and abort the whole job, so no rank waits forever
-    for a message from this one (MPI_Abort kills every rank; mpiexec then exits non-zero)."""
+    for a message from this one (MPI_Abort kills every rank; mpiexec then exits non-zero).
+    Only the job's first failing rank prints (``jobcontrol.claim_error_line``), and MPI_Abort's
+    own banner is silenced: one mistake, one line."""
+    from . import jobcontrol
     try:
         sys.stdout.flush()
     except Exception:
         pass
     msg = f"fc-caffe train: rank {world.rank}: {reason}"
-    try:
-        sys.stderr.write(msg + "\n")
-        sys.stderr.flush()
-    except Exception:
-        pass
-    # mpiexec stops forwarding a job's output once it is aborted: give it a moment to pass this
-    # line on (every rank that failed prints its own before any abort lands).
+    if jobcontrol.claim_error_line():
+        try:
+            sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
+    # mpiexec stops forwarding a job's output once it is aborted: give it a moment to pass the
+    # first failing rank's line on (a quiet rank waits as long, so its abort cannot cut it off).
     time.sleep(ABORT_GRACE_S)
+    jobcontrol.silence_stderr()
     try:
         world.comm.Abort(code)
     finally:  # Abort does not return; should it, never let this rank linger.
@@ -189,6 +196,9 @@ def fail(world: World, reason: str, code: int = 1) -> None:
 
 def describe_exception(exc: BaseException) -> str:
     """A one-line reason for an exception: CaffeError's own message, else type and text."""
+    context = getattr(exc, "caffe_context", None)  # a user's Python layer: layer, verb and line
+    if context:
+        return f"error: {context}"
     if isinstance(exc, CaffeError):
         return f"error: {exc}"
     if isinstance(exc, KeyboardInterrupt):

@@ -125,6 +125,8 @@ def _peek_datum_shape(source: str, backend: int) -> tuple[int, int, int] | None:
         return None
     try:
         import lmdb
+        from ..data.db import check_lmdb_file
+        check_lmdb_file(source)  # a truncated data.mdb would raise SIGBUS, not an exception
         env = lmdb.open(source, readonly=True, lock=False, subdir=True)
         with env.begin() as txn:
             cur = txn.cursor()

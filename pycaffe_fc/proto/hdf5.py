@@ -10,10 +10,13 @@ parameter's gradient the same way.
 null-terminated fixed-length string), and a group ``history`` with datasets ``"0"``..``"K-1"``.
 
 Files are written to a temporary name in the target's directory, fsync'ed and renamed over the
-target, so a crash never leaves a half-written snapshot in place of a good one.
+target, so a crash never leaves a half-written snapshot in place of a good one. Each carries the
+SHA-256 of its groups and datasets in a root attribute ``fc_checksum`` (an fc-caffe extension that
+Caffe's reader ignores), verified when it is read; a file without one (Caffe's) is read as it is.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable, Iterator, Sequence
 
@@ -37,18 +40,65 @@ def _write_atomic_h5(path, write: Callable) -> None:
     def write_file(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             write(f)
+            f.attrs[CHECKSUM_ATTR] = _content_digest(f)
 
     atomic_write(path, write_file)
+
+
+#: root attribute holding the hex SHA-256 of the file's contents (see _content_digest)
+CHECKSUM_ATTR = "fc_checksum"
+
+
+def _content_digest(f) -> str:
+    """SHA-256 over every group and dataset: sorted path, dtype, shape and bytes of each."""
+    h5py = _h5py()
+    names: list[str] = []
+    f.visit(names.append)
+    h = hashlib.sha256()
+    for name in sorted(names):
+        obj = f[name]
+        h.update(name.encode("utf-8") + b"\0")
+        if isinstance(obj, h5py.Dataset):
+            arr = np.asarray(obj[()])
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _verify(f, path) -> None:
+    if CHECKSUM_ATTR not in f.attrs:
+        return  # written by Caffe (or an older fc-caffe): nothing to verify
+    want = f.attrs[CHECKSUM_ATTR]
+    if isinstance(want, bytes):
+        want = want.decode("ascii", "replace")
+    if str(want) != _content_digest(f):
+        raise CaffeError(f"{path}: damaged HDF5 file: SHA-256 checksum mismatch (the file was changed "
+                         "or corrupted after fc-caffe wrote it)")
+
+
+def _reading(path, read):
+    """``read(f)`` on the open file after checking its checksum; the errors of a damaged file
+    (HDF5's own, or a missing or mis-typed dataset) become one CaffeError naming it."""
+    with _open(path) as f:
+        try:
+            _verify(f, path)
+            return read(f)
+        except CaffeError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise CaffeError(f"{path}: damaged HDF5 file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def _open(path):
     h5py = _h5py()
     if not os.path.exists(path):
         raise CaffeError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise CaffeError(f"{path}: is a directory, expected an HDF5 file")
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise CaffeError(f"{path}: not an HDF5 file ({e})") from None
+        raise CaffeError(f"{path}: not an HDF5 file ({str(e).splitlines()[0]})") from None
 
 
 def _save_string(f, name: str, s: str) -> None:
@@ -132,11 +182,17 @@ def read_hdf5_weights(path) -> Iterator[tuple[str, list[np.ndarray]]]:
     """Net::CopyTrainedLayersFromHDF5's source side: ``(layer_name, [arrays])`` for each layer group
     under ``data``, arrays in index order ``"0"``, ``"1"``... A shared parameter is stored only by
     its owner: a gap in the numbering is None, and a sharing layer may list fewer arrays than it
-    has blobs. Nested groups are layer names with '/' in them."""
-    with _open(path) as f:
+    has blobs. Nested groups are layer names with '/' in them. The whole file is read (and its
+    checksum verified) before the first layer is given out."""
+    def read(f):
         if "data" not in f:
             raise CaffeError(f"{path}: error reading weights: no group 'data'")
-        yield from _walk_layers(f["data"], "", path)
+        layers = list(_walk_layers(f["data"], "", path))
+        if not layers:
+            raise CaffeError(f"{path}: no layers in group 'data' (not a .caffemodel.h5)")
+        return layers
+
+    return iter(_reading(path, read))
 
 
 def _walk_layers(group, prefix: str, path) -> Iterator[tuple[str, list[np.ndarray]]]:
@@ -158,8 +214,9 @@ def _walk_layers(group, prefix: str, path) -> Iterator[tuple[str, list[np.ndarra
 
 # -- solver state -------------------------------------------------------------------------------
 def write_hdf5_solverstate(path, iteration: int, learned_net: str, current_step: int,
-                           history: Sequence[np.ndarray]) -> None:
-    """SGDSolver::SnapshotSolverStateToHDF5."""
+                           history: Sequence[np.ndarray], extra: Callable | None = None) -> None:
+    """SGDSolver::SnapshotSolverStateToHDF5; ``extra(f)`` adds fc-caffe's own datasets (the
+    resume state), which Caffe's reader ignores."""
 
     def write(f):
         f.create_dataset("iter", data=np.array([iteration], dtype=np.int32))
@@ -168,22 +225,37 @@ def write_hdf5_solverstate(path, iteration: int, learned_net: str, current_step:
         g = f.create_group("history")
         for i, h in enumerate(history):
             g.create_dataset(str(i), data=np.asarray(h, dtype=np.float32))
+        if extra is not None:
+            extra(f)
 
     _write_atomic_h5(path, write)
 
 
-def read_hdf5_solverstate(path) -> dict:
+def read_hdf5_solverstate(path, extra: Callable | None = None) -> dict:
     """SGDSolver::RestoreSolverStateFromHDF5's reading side: iter, learned_net (or None),
-    current_step and the history arrays in order."""
-    with _open(path) as f:
-        out = {"iter": _load_int(f, "iter", path),
-               "learned_net": _load_string(f, "learned_net") if "learned_net" in f else None,
-               "current_step": _load_int(f, "current_step", path)}
-        if "history" not in f:
-            raise CaffeError(f"{path}: error reading history: no group 'history'")
-        g = f["history"]
-        out["history"] = [np.asarray(g[str(i)][()], dtype=np.float32) for i in range(len(g))
-                          if str(i) in g]
-        if len(out["history"]) != len(g):
-            raise CaffeError(f"{path}: history datasets are not numbered 0..{len(g) - 1}")
+    current_step and the history arrays in order; ``extra(f)``'s result (fc-caffe's own
+    datasets) under ``"extra"`` when given."""
+    if extra is None:
+        return _reading(path, _read_solverstate)
+
+    def read(f):
+        out = _read_solverstate(f)
+        out["extra"] = extra(f)
+        return out
+
+    return _reading(path, read)
+
+
+def _read_solverstate(f) -> dict:
+    path = f.filename
+    out = {"iter": _load_int(f, "iter", path),
+           "learned_net": _load_string(f, "learned_net") if "learned_net" in f else None,
+           "current_step": _load_int(f, "current_step", path)}
+    if "history" not in f:
+        raise CaffeError(f"{path}: error reading history: no group 'history'")
+    g = f["history"]
+    out["history"] = [np.asarray(g[str(i)][()], dtype=np.float32) for i in range(len(g))
+                      if str(i) in g]
+    if len(out["history"]) != len(g):
+        raise CaffeError(f"{path}: history datasets are not numbered 0..{len(g) - 1}")
     return out

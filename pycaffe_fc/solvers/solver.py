@@ -33,6 +33,8 @@ f32 = np.float32
 
 # SolverAction::Enum
 NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
+#: fc-caffe's SIGTERM effect (Caffe has none): snapshot, then stop, even with snapshot_after_train off
+SNAPSHOT_STOP = "snapshot_stop"
 
 
 def read_solver_file(path: str) -> caffe_pb2.SolverParameter:
@@ -100,8 +102,13 @@ class Solver:
         if param.iter_size < 1:
             raise CaffeError(f"solver: iter_size should be >= 1 (got {param.iter_size})")
         self._check_snapshot_write_permissions()
+        if self.is_root and param.snapshot_prefix:
+            # temporaries of snapshots cut short by a kill -9 of an earlier run of this prefix
+            snap.remove_stale_temporaries(param.snapshot_prefix)
         if param.random_seed >= 0:
-            rng.set_random_seed(param.random_seed + self.rank)
+            # the process stream is offset by rank as Caffe's solver_rank; the counter-based
+            # per-sample streams share random_seed, so every worker draws alike
+            rng.set_random_seed(param.random_seed + self.rank, common=param.random_seed)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         for tn in self.test_nets:
@@ -154,7 +161,7 @@ class Solver:
         state.MergeFrom(net_param.state)
         state.MergeFrom(p.train_state)
         net_param.state.CopyFrom(state)
-        net = Net(net_param, state.phase)
+        net = Net(net_param, state.phase, source=source)
         net.source = source
         # every backward of the training net follows its forward: no need to unroll twice
         net.keep_forward_columns()
@@ -196,7 +203,7 @@ class Solver:
                 state.MergeFrom(p.test_state[i])
             net_param.state.CopyFrom(state)
             self._log(f"Creating test net (#{i}) specified by {source}", "solver.cpp:190")
-            net = Net(net_param, state.phase)
+            net = Net(net_param, state.phase, source=source)
             net.source = source
             for w in p.weights:
                 load_net_weights(net, w, self.is_root)
@@ -275,9 +282,11 @@ class Solver:
                 self.iter += 1
                 bar.update(1)
                 request = self.get_requested_action()
-                if self.is_root and ((p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT):
+                # SNAPSHOT_STOP snapshots here only when Solve() would not (snapshot_after_train off)
+                if self.is_root and ((p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT
+                                     or (request == SNAPSHOT_STOP and not p.snapshot_after_train)):
                     self.snapshot()
-                if request == STOP:
+                if request in (STOP, SNAPSHOT_STOP):
                     self.requested_early_exit = True
                     break
         finally:
@@ -330,9 +339,9 @@ class Solver:
         for _ in range(n_iter):
             request = self.get_requested_action()
             while request != NONE:
-                if request == SNAPSHOT:
+                if request == SNAPSHOT or (request == SNAPSHOT_STOP and not p.snapshot_after_train):
                     self.snapshot()
-                elif request == STOP:
+                if request in (STOP, SNAPSHOT_STOP):
                     self.requested_early_exit = True
                 request = self.get_requested_action()
             if self.requested_early_exit:
@@ -340,7 +349,7 @@ class Solver:
             iter_loss = net.Forward()
             if p.test_compute_loss:
                 loss += f32(iter_loss)
-            values = [np.asarray(_host(net.blobs[name].data), dtype=np.float32).ravel() for name in net.outputs]
+            values = [np.asarray(net.blobs[name].cpu_data(), dtype=np.float32).ravel() for name in net.outputs]
             batch = np.concatenate(values) if values else np.zeros(0, np.float32)
             scores = batch.copy() if scores is None else scores + batch
         if self.requested_early_exit:
@@ -379,9 +388,72 @@ class Solver:
         return model, state
 
     def restore(self, state_file: str) -> None:
-        """Solver::Restore: a .solverstate (binary) or .solverstate.h5 (HDF5), with its model."""
+        """Solver::Restore: a .solverstate (binary) or .solverstate.h5 (HDF5), with its model;
+        then fc-caffe's resume state (data positions, random streams) when the file has it."""
         record = snap.read_state(state_file)
         self.restore_solver_state(record, str(state_file))
+        self.restore_streams(record, str(state_file))
+
+    # -- exact resume (fc-caffe extension) -------------------------------------------------------
+    def _stream_layers(self):
+        for net_id, net in enumerate([self.net] + list(self.test_nets)):
+            for name, layer in zip(net._layer_names, net.layers):
+                yield net_id, name, layer
+
+    @staticmethod
+    def _layer_state(layer) -> dict | None:
+        if hasattr(layer, "resume_state"):
+            return layer.resume_state()
+        stream = getattr(layer, "random_stream", None)   # made on first use (rng.attach_stream)
+        if isinstance(stream, rng.LayerStream):
+            seed, draws = stream.state()
+            return {"seed": seed, "draws": draws, "position": 0}
+        return None
+
+    def stream_states(self) -> dict:
+        """The SolverStateRecord fields of fc-caffe's resume state: every data layer's position
+        of the next batch to consume and every layer's random stream, the process stream, and
+        the number of workers."""
+        import json
+        from ..data.sharding import get_shard
+        states = []
+        for net_id, name, layer in self._stream_layers():
+            st = self._layer_state(layer)
+            if st is not None:
+                states.append({"net": net_id, "layer": name, **st})
+        shard = get_shard()
+        return {"layer_states": states, "process_rng": json.dumps(rng.process_state()),
+                "workers": shard.size if shard is not None else 1}
+
+    def restore_streams(self, record: snap.SolverStateRecord, path: str) -> None:
+        """Put back what ``stream_states`` saved; a Caffe state has none of it, and the data
+        layers then start again from the first record, as in Caffe."""
+        if not record.layer_states and record.process_rng is None:
+            return
+        import json
+        by_key = {(d["net"], d["layer"]): d for d in record.layer_states}
+        restored = 0
+        for net_id, name, layer in self._stream_layers():
+            d = by_key.get((net_id, name))
+            if d is None:
+                continue
+            if hasattr(layer, "restore_resume_state"):
+                layer.restore_resume_state(d["seed"], d["draws"], d["position"])
+            else:
+                rng.attach_stream(layer).restore(d["seed"], d["draws"])
+            restored += 1
+        if record.process_rng is not None and self.rank == 0:
+            try:
+                rng.set_process_state(json.loads(record.process_rng))
+            except (ValueError, TypeError, KeyError) as e:
+                raise CaffeError(f"{path}: damaged random stream state ({e})") from None
+        if record.workers and self.is_root:
+            from ..data.sharding import get_shard
+            shard = get_shard()
+            now = shard.size if shard is not None else 1
+            more = f" (written by {record.workers} workers, resumed on {now})" if record.workers != now else ""
+            info(f"Restored the data positions and random streams of {restored} layers{more}",
+                 "solver.cpp:0")
 
     # -- helpers -----------------------------------------------------------------------------
     def _update_smoothed_loss(self, loss, start_iter: int, average_loss: int) -> None:
@@ -408,7 +480,7 @@ class Solver:
         lw = self.net.blob_loss_weights
         k = 0
         for name in self.net.outputs:
-            values = np.asarray(_host(self.net.blobs[name].data), dtype=np.float32).ravel()
+            values = np.asarray(self.net.blobs[name].cpu_data(), dtype=np.float32).ravel()
             w = lw[name]
             for v in values:
                 extra = f" (* {fmt(w)} = {fmt(f32(w) * v)} loss)" if w else ""
@@ -427,8 +499,3 @@ def _copy(msg):
     out = type(msg)()
     out.CopyFrom(msg)
     return out
-
-
-def _host(a):
-    from ..backend import to_numpy
-    return to_numpy(a)

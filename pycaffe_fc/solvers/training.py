@@ -13,22 +13,32 @@ from typing import Callable, Iterable
 from ..errors import CaffeError
 from ..proto import caffe_pb2
 from .log import info
-from .solver import NONE, SNAPSHOT, STOP, Solver, as_solver_param
+from .solver import NONE, SNAPSHOT, SNAPSHOT_STOP, STOP, Solver, as_solver_param
 
 EFFECTS = (STOP, SNAPSHOT, NONE)
 
 
 class SignalHandler:
     """caffe::SignalHandler: SIGINT and SIGHUP become solver actions ("stop", "snapshot", "none")
-    polled by the solver once per iteration; the previous handlers come back on ``restore()``."""
+    polled by the solver once per iteration; the previous handlers come back on ``restore()``.
 
-    def __init__(self, sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT) -> None:
+    fc-caffe adds SIGTERM (what a scheduler sends before it kills a job): snapshot, then stop.
+    ``relayed`` (data-parallel ranks) also takes SIGALRM as SIGINT and SIGUSR1 as SIGHUP: the
+    launcher relays those, because MPICH's mpiexec dies on SIGHUP (and SIGUSR2) and answers a
+    second SIGINT by killing the job; it passes SIGALRM and SIGUSR1 on to every rank."""
+
+    def __init__(self, sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, *,
+                 relayed: bool = False) -> None:
         for e in (sigint_effect, sighup_effect):
             if e not in EFFECTS:
                 raise CaffeError(f"Invalid signal effect \"{e}\" was specified (stop, snapshot or none)")
         self.effects = {signal.SIGINT: sigint_effect}
         if hasattr(signal, "SIGHUP"):
             self.effects[signal.SIGHUP] = sighup_effect
+        self.effects[signal.SIGTERM] = SNAPSHOT_STOP
+        if relayed and hasattr(signal, "SIGUSR1"):
+            self.effects[signal.SIGALRM] = sigint_effect
+            self.effects[signal.SIGUSR1] = sighup_effect
         self.pending: list[int] = []
         self.previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():

@@ -10,6 +10,11 @@ zero step as in Caffe (its local rate is 0; its gradient was never computed).
 
 All arithmetic is float32 elementwise, in the order of Caffe's BLAS calls, on the array module of
 the parameters (numpy or CuPy).
+
+fc-caffe extension ``lars: true`` (SolverParameter fields 1002/1003, SGD and Nesterov only): LARS
+(You, Gitman & Ginsburg 2017) multiplies each blob's rate by ``lars_eta * ||w|| / (||g|| +
+weight_decay * decay_mult * ||w||)``, g the loss gradient after ClipGradients and Normalize's
+1/iter_size, before Regularize (``SGDSolver.lars_factors``).
 """
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ from .lr_policy import learning_rate
 from .solver import Solver
 
 f32 = np.float32
+#: the update rules the ``lars`` extension applies to: LARS scales the rate of momentum SGD; the
+#: adaptive rules already normalise their steps per element.
+LARS_SOLVERS = ("SGD", "Nesterov")
 
 
 class SGDSolver(Solver):
@@ -36,10 +44,17 @@ class SGDSolver(Solver):
 
     def pre_solve(self) -> None:
         """SGDSolver::PreSolve: zeroed history blobs shaped like the learnable parameters."""
+        p = self.param
+        if p.lars and self.type not in LARS_SOLVERS:
+            raise CaffeError(f"solver: lars works with the {' and '.join(LARS_SOLVERS)} solvers (momentum "
+                             f"SGD), not type \"{self.type}\"")
+        if p.lars and not p.lars_eta > 0:
+            raise CaffeError(f"solver: lars_eta should be > 0 (got {p.lars_eta:g})")
         self.history = []
         for _ in range(self.history_sets):
             for b in self.net.learnable_params:
-                xp = backend.get_array_module(b.data)
+                # the history lives where the net computes (the device in GPU mode)
+                xp = backend.cupy if self.net.on_device else np
                 self.history.append(xp.zeros(b.shape, np.float32))
 
     # -- SGDSolver::ApplyUpdate ---------------------------------------------------------------
@@ -49,15 +64,23 @@ class SGDSolver(Solver):
         return rate
 
     def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate, on the side the net computes on (no transfer in GPU mode)."""
+        with backend.device_side(self.net.on_device):
+            self._apply_update()
+
+    def _apply_update(self) -> None:
         rate = self.get_learning_rate()
         p = self.param
         if self.is_root and p.display and self.iter % p.display == 0:
             info(f"Iteration {self.iter}, lr = {fmt(rate)}", "sgd_solver.cpp:112")
         self.clip_gradients()
+        # LARS measures the loss gradient, so before Regularize adds the weight decay to it
+        factors = self.lars_factors() if p.lars else None
         for i in range(len(self.net.learnable_params)):
             self.normalize(i)
+            local = rate if factors is None else f32(rate) * factors[i]
             self.regularize(i)
-            self.compute_update_value(i, rate)
+            self.compute_update_value(i, local)
         for b in self.net.learnable_params:
             b.update()
 
@@ -67,10 +90,13 @@ class SGDSolver(Solver):
         if clip < 0:
             return
         params = self.net.learnable_params
-        sumsq = f32(0)
+        # summed in float32 on the array's side, read back once (one host sync in GPU mode)
+        sumsq = None
         for b in params:
             d = b.diff
-            sumsq += f32(float((d * d).sum(dtype=np.float32)))
+            s = (d * d).sum(dtype=np.float32)
+            sumsq = s if sumsq is None else sumsq + s
+        sumsq = f32(0) if sumsq is None else f32(float(sumsq))
         l2 = f32(math.sqrt(float(sumsq)))
         if l2 > clip:
             scale = f32(clip / l2)
@@ -102,6 +128,35 @@ class SGDSolver(Solver):
         else:
             raise CaffeError(f"Unknown regularization type: {kind} (L1 or L2)")
 
+    def lars_factors(self) -> list[np.float32]:
+        """fc-caffe extension ``lars`` (You, Gitman & Ginsburg 2017, "Large Batch Training of
+        Convolutional Networks"): per learnable blob, the factor ``lars_eta * ||w|| / (||g|| + beta *
+        ||w||)`` by which LARS multiplies the global rate, with ``w`` the blob's weights, ``g`` its loss
+        gradient (after clip_gradients and Normalize's 1/iter_size, before weight decay) and ``beta =
+        weight_decay * decay_mult`` the decay applied to it; 1 where ``||w||`` or ``||g||`` is 0 (a
+        zero-initialised bias, an unused blob), as Intel's and NVIDIA's Caffe do. Squares summed in
+        float32 on the arrays' side and read back once (one host sync per iteration in GPU mode)."""
+        params = self.net.learnable_params
+        if not params:
+            return []
+        xp = backend.get_array_module(params[0].data)
+        sums = xp.stack([s for b in params for s in ((b.data * b.data).sum(dtype=np.float32),
+                                                     (b.diff * b.diff).sum(dtype=np.float32))])
+        host = np.asarray(backend.to_numpy(sums), dtype=np.float32)
+        eta = f32(self.param.lars_eta)
+        decay = f32(self.param.weight_decay)
+        normalize = f32(1) / f32(self.param.iter_size)
+        factors = []
+        for i in range(len(params)):
+            w = f32(math.sqrt(float(host[2 * i])))
+            g = f32(math.sqrt(float(host[2 * i + 1]))) * normalize
+            if not (w > 0 and g > 0):
+                factors.append(f32(1))
+                continue
+            beta = decay * f32(self.net.params_weight_decay[i])
+            factors.append(eta * w / (g + beta * w))
+        return factors
+
     def local_rate(self, i: int, rate: float) -> np.float32:
         return f32(rate) * f32(self.net.params_lr[i])
 
@@ -122,7 +177,7 @@ class SGDSolver(Solver):
             path = snap.snapshot_filename(p.snapshot_prefix, self.iter, ".solverstate")
             info(f"Snapshotting solver state to binary proto file {path}", "sgd_solver.cpp:284")
         record = snap.SolverStateRecord(self.iter, model_filename, self.current_step,
-                                        [backend.to_numpy(h) for h in self.history])
+                                        [backend.to_numpy(h) for h in self.history], **self.stream_states())
         snap.write_state(path, p.snapshot_format, record)
         return path
 
