@@ -341,14 +341,16 @@ def build_corpus(d: str) -> list[Case]:
     resume("h5_truncated", state_h5_raw[:len(state_h5_raw) // 2], suffix=".solverstate.h5")
     lo, hi = h5_data_span(state_h5)
     resume("h5_20_flipped_data_bits", flip_bits(state_h5_raw, 20, 3, lo, hi), suffix=".solverstate.h5")
+    for seed in range(2):  # anywhere: HDF5 itself may hang on damaged metadata, if it gets to parse it
+        resume(f"h5_20_flipped_bits_{seed}", flip_bits(state_h5_raw, 20, 10 + seed), suffix=".solverstate.h5")
     for name, fn in (("h5_negative_iter", lambda f: f["iter"].__setitem__(..., -5)),
                      ("h5_no_history", lambda f: f.__delitem__("history"))):
         p = os.path.join(d, f"s_{name}.solverstate.h5")
-        shutil.copy(state_h5, p)
-        with h5py.File(p, "r+") as f:
+        # a copy without fc-caffe's checksum block, as Caffe writes them, then edited by hand
+        with h5py.File(state_h5, "r") as src, h5py.File(p, "w") as f:
+            for key in src:
+                src.copy(key, f)
             fn(f)
-            if "fc_checksum" in f.attrs:
-                del f.attrs["fc_checksum"]  # an edit by hand, as Caffe's files come
         add("state", name, ["train", "--solver", train_solver, "--snapshot", p], os.path.basename(p))
 
     # ---- mean files and other BlobProtos -------------------------------------------------------

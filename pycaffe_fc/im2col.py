@@ -17,6 +17,7 @@ inside the image are copied, the rest of the column is zero, exactly Caffe's zer
 """
 from __future__ import annotations
 
+import importlib
 from typing import Sequence
 
 import numpy as np
@@ -276,10 +277,21 @@ def col2im_cpu(col, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[
 
 #: zero- (or fill-) bordered buffers, kept per shape: only their interior is ever written, so the
 #: border is filled once and each use costs one copy (a launch) instead of a fill and a copy.
-#: Past the byte budget the cache starts again (a refill costs one launch per buffer).
+#: Past the budgets the least recently used buffers go (a refill costs one launch).
 _PADDED: dict[tuple, object] = {}
-PADDED_CACHE_ENTRIES = 64
+PADDED_CACHE_ENTRIES = 512
 PADDED_CACHE_BYTES = 2 << 30
+
+
+def as_strided(x, shape, strides):
+    """A view of ``x`` with the given shape and byte strides (numpy's or CuPy's
+    ``lib.stride_tricks.as_strided``; CuPy's submodule is imported by name, not reached as an
+    attribute of the package)."""
+    xp = get_array_module(x)
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(x, shape=tuple(shape), strides=tuple(strides))
+    tricks = importlib.import_module(xp.__name__ + ".lib.stride_tricks")
+    return tricks.as_strided(x, shape=tuple(shape), strides=tuple(strides))
 
 
 def _device_key(xp) -> int:
@@ -294,14 +306,14 @@ def bordered(xp, shape: Sequence[int], box: Sequence[slice], fill: float = 0.0, 
     shape = tuple(int(s) for s in shape)
     key = (id(xp), _device_key(xp), shape, tuple((b.start, b.stop) for b in box), float(fill),
            np.dtype(dtype).str, slot)
-    buf = _PADDED.get(key)
+    buf = _PADDED.pop(key, None)
     if buf is None:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        if len(_PADDED) >= PADDED_CACHE_ENTRIES or \
-                sum(b.nbytes for b in _PADDED.values()) + nbytes > PADDED_CACHE_BYTES:
-            _PADDED.clear()
+        total = sum(b.nbytes for b in _PADDED.values())
+        while _PADDED and (len(_PADDED) >= PADDED_CACHE_ENTRIES or total + nbytes > PADDED_CACHE_BYTES):
+            total -= _PADDED.pop(next(iter(_PADDED))).nbytes  # the least recently used first
         buf = xp.full(shape, fill, dtype)
-        _PADDED[key] = buf
+    _PADDED[key] = buf  # (re)inserted last: the dict's order is the order of use
     return buf
 
 
@@ -342,7 +354,7 @@ def image_windows(x, kernel, stride, pad, dilation, out_shape, fill: float = 0.0
     shape = tuple(x.shape[:2]) + tuple(out_shape) + tuple(kernel)
     strides = (st[0], st[1]) + tuple(s * st[2 + a] for a, s in enumerate(stride)) + \
         tuple(d * st[2 + a] for a, d in enumerate(dilation))
-    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+    return as_strided(x, shape, strides)
 
 
 def im2col_gpu(x, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
@@ -400,7 +412,7 @@ def col2im_gpu(col, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[
     vshape = (n, c) + tuple(x for qq, s in zip(q, stride) for x in (qq, s)) + tuple(ka)
     vstrides = (st[1 + nsp], st[0]) + tuple(x for a in range(nsp) for x in (so[a], sk[a])) + \
         tuple(s * sk[a] - so[a] for a, s in enumerate(stride))
-    view = xp.lib.stride_tricks.as_strided(start, shape=vshape, strides=vstrides)
+    view = as_strided(start, vshape, vstrides)
     folded = workspace("col2im_img", vshape[:2 + 2 * nsp], xp, col.dtype)
     view.sum(axis=tuple(range(2 + 2 * nsp, 2 + 3 * nsp)), out=folded)
     full = folded.reshape((n, c) + tuple(qq * s for qq, s in zip(q, stride)))

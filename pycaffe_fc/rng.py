@@ -199,7 +199,7 @@ def attach_stream(layer) -> LayerStream:
     that draw at forward time (stochastic pooling, Python layers); it follows the process seed."""
     st = getattr(layer, "random_stream", None)
     if st is None:
-        from .data.sharding import shard_seed
+        from .shard import shard_seed
         st = layer.random_stream = LayerStream(stream_seed(shard_seed()), layer.name, layer.phase, follow=True)
     return st
 
@@ -207,7 +207,7 @@ def attach_stream(layer) -> LayerStream:
 def unit_counters(xp, shape, phase: int):
     """Each unit's global index in a blob of ``shape`` whose axis 0 is the samples: global sample
     index x units per sample + unit, so a worker's share of a batch gets the one-worker indices."""
-    from .data.sharding import global_rows
+    from .shard import global_rows
     shape = tuple(int(s) for s in shape)
     n = shape[0] if shape else 1
     per = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1

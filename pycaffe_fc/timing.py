@@ -1,4 +1,5 @@
-"""Per-layer forward/backward timing, as ``caffe time`` (tools/caffe.cpp: time())."""
+"""Per-layer forward/backward timing, as ``caffe time`` (tools/caffe.cpp: time()), with the
+layer-by-layer passes and the heartbeat that let ``fc-caffe time`` say where a long pass is."""
 from __future__ import annotations
 
 import time
@@ -60,7 +61,8 @@ class Heartbeat:
     in, so that a huge net's first forward pass does not look hung (``caffe time`` itself is
     silent between "Performing Forward" and "Initial loss")."""
 
-    def __init__(self, progress: LayerProgress, log, every_s: float = 10.0) -> None:
+    def __init__(self, progress, log, every_s: float = 10.0) -> None:
+        """``progress``: anything with ``describe()`` (a LayerProgress); ``log(msg)`` writes a line."""
         import threading
         self.progress = progress
         self.log = log

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the path of ../shared and the BVLC Caffe reference loaders."""
+"""Shared test fixtures: the path of ../shared, the BVLC Caffe reference loaders, and the test mode
+(CPU, or GPU on the CuPy stand-in with FC_CAFFE_TEST_MODE=gpu)."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FC_SHARED", ROOT.parent / "shared"))
+REF = SHARED / "caffe-reference"
+MODELS = SHARED / "caffe-models"
 
 # FC_CAFFE_TEST_MODE=gpu runs the suite in GPU mode on the strict CuPy stand-in (tests/standin):
 # it must be importable as ``cupy`` before pycaffe_fc is imported, here and in every subprocess
 # (CLI runs, mpiexec ranks), which inherit PYTHONPATH and FC_CAFFE_TEST_MODE.
 GPU_TEST_MODE = os.environ.get("FC_CAFFE_TEST_MODE", "cpu") == "gpu"
+# FC_CAFFE_CUPY=real (benchmarks/gpu_check.py on a machine with a GPU): GPU mode on the real CuPy
+REAL_CUPY = GPU_TEST_MODE and os.environ.get("FC_CAFFE_CUPY", "") == "real"
 STANDIN = ROOT / "tests" / "standin"
-if GPU_TEST_MODE:
+if GPU_TEST_MODE and not REAL_CUPY:
     import sys
     sys.path.insert(0, str(STANDIN))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(STANDIN)] + [p for p in os.environ.get(
@@ -58,8 +63,6 @@ def pytest_collection_modifyitems(config, items):
 def cpu_only(reason: str):
     """Mark a test that is inherently CPU-only (skipped in the GPU-mode run, with the reason)."""
     return pytest.mark.skipif(GPU_TEST_MODE, reason=f"CPU-only: {reason}")
-REF = SHARED / "caffe-reference"
-MODELS = SHARED / "caffe-models"
 
 
 def need_shared(path: Path) -> Path:

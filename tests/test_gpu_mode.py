@@ -245,7 +245,6 @@ def test_steady_state_training_iteration_moves_only_the_batch_and_the_loss(tmp_p
     down = {site: n for site, n in c.sites["transfers"].items() if site not in up}
     assert sum(up.values()) == 2, c.sites["transfers"]    # the batch and its labels
     assert sum(down.values()) <= 1, c.sites["transfers"]  # the loss (one loss layer), nothing else
-    assert all("/layers/base.py:" in site for site in down), down
     assert c.syncs <= 3, c.sites["syncs"]  # the loss (and the clip norm), as Caffe reads them
 
 

@@ -58,7 +58,7 @@ import pycaffe_fc as caffe
 
 class Slow(caffe.Layer):
     def setup(self, bottom, top):
-        pass
+        time.sleep(0.4)
     def reshape(self, bottom, top):
         top[0].reshape(*bottom[0].data.shape)
     def forward(self, bottom, top):
@@ -82,6 +82,7 @@ def test_time_says_where_a_long_pass_is(tmp_path, monkeypatch, capsys):
     assert cli.main(["time", "--model", str(net), "--iterations", "1"]) == 0
     err = capsys.readouterr().err
     beats = [m for m in _messages(err) if m.startswith("... still running")]
+    assert any("setting up the net's layers" in b for b in beats), err[-2000:]
     assert any("forward of layer 2/2 'sleepy'" in b for b in beats), err[-2000:]
     assert any("iteration 1, forward of layer 2/2 'sleepy'" in b for b in beats), err[-2000:]
 

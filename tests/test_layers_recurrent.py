@@ -150,32 +150,44 @@ def test_gradient_with_exposed_hidden(kind):
 
 
 # -- parity with Caffe's unrolled net ----------------------------------------------------------------
-def _unrolled_lstm(T, N, I, H, S):
-    """The net LSTMLayer::FillUnrolledNet builds (x: T x N x I, static S or 0)."""
-    ip = lambda n, bias, axis: (f'type: "InnerProduct" inner_product_param {{ num_output: {n} '  # noqa: E731
-                                f'bias_term: {str(bias).lower()} axis: {axis} }}')
-    L = [f'layer {{ name: "in" type: "Input" top: "x" top: "cont" top: "c_0" top: "h_0" '
-         f'input_param {{ shape {{ dim: {T} dim: {N} dim: {I} }} shape {{ dim: {T} dim: {N} }} '
-         f'shape {{ dim: 1 dim: {N} dim: {H} }} shape {{ dim: 1 dim: {N} dim: {H} }} }} }}']
+def _ip(n, bias, axis):
+    return (f'type: "InnerProduct" inner_product_param {{ num_output: {n} '
+            f'bias_term: {str(bias).lower()} axis: {axis} }}')
+
+
+def _unrolled_inputs(T, N, I, H, S, states, g, w, b):
+    """The start both FillUnrolledNets share: the inputs (x, cont, the ``states``, x_static when
+    S), cont sliced per step, and W_x x + b (``w``, ``b``; ``g`` outputs) sliced per step, plus
+    the static term W_static x_static."""
+    state_tops = " ".join(f'top: "{s}"' for s in states)
+    state_shapes = " ".join(f"shape {{ dim: 1 dim: {N} dim: {H} }}" for _ in states)
+    L = [f'layer {{ name: "in" type: "Input" top: "x" top: "cont" {state_tops} '
+         f'input_param {{ shape {{ dim: {T} dim: {N} dim: {I} }} shape {{ dim: {T} dim: {N} }} {state_shapes} }} }}']
     if S:
         L.append(f'layer {{ name: "in_s" type: "Input" top: "x_static" '
                  f'input_param {{ shape {{ dim: {N} dim: {S} }} }} }}')
     tops = " ".join(f'top: "cont_{t}"' for t in range(1, T + 1))
     L.append(f'layer {{ name: "cont_slice" type: "Slice" bottom: "cont" {tops} slice_param {{ axis: 0 }} }}')
-    L.append(f'layer {{ name: "x_transform" {ip(4 * H, True, 2)} param {{ name: "W_xc" }} param {{ name: "b_c" }} '
-             f'bottom: "x" top: "W_xc_x" }}')
+    L.append(f'layer {{ name: "x_transform" {_ip(g, True, 2)} param {{ name: "{w}" }} param {{ name: "{b}" }} '
+             f'bottom: "x" top: "{w}_x" }}')
     if S:
-        L.append(f'layer {{ name: "W_xc_x_static" {ip(4 * H, False, 1)} param {{ name: "W_xc_static" }} '
-                 f'bottom: "x_static" top: "W_xc_x_static_preshape" }}')
-        L.append(f'layer {{ name: "W_xc_x_static_reshape" type: "Reshape" bottom: "W_xc_x_static_preshape" '
-                 f'top: "W_xc_x_static" reshape_param {{ shape {{ dim: 1 dim: -1 dim: {4 * H} }} }} }}')
-    tops = " ".join(f'top: "W_xc_x_{t}"' for t in range(1, T + 1))
-    L.append(f'layer {{ name: "W_xc_x_slice" type: "Slice" bottom: "W_xc_x" {tops} slice_param {{ axis: 0 }} }}')
+        L.append(f'layer {{ name: "{w}_x_static" {_ip(g, False, 1)} param {{ name: "{w}_static" }} '
+                 f'bottom: "x_static" top: "{w}_x_static_preshape" }}')
+        L.append(f'layer {{ name: "{w}_x_static_reshape" type: "Reshape" bottom: "{w}_x_static_preshape" '
+                 f'top: "{w}_x_static" reshape_param {{ shape {{ dim: 1 dim: -1 dim: {g} }} }} }}')
+    tops = " ".join(f'top: "{w}_x_{t}"' for t in range(1, T + 1))
+    L.append(f'layer {{ name: "{w}_x_slice" type: "Slice" bottom: "{w}_x" {tops} slice_param {{ axis: 0 }} }}')
+    return L
+
+
+def _unrolled_lstm(T, N, I, H, S):
+    """The net LSTMLayer::FillUnrolledNet builds (x: T x N x I, static S or 0)."""
+    L = _unrolled_inputs(T, N, I, H, S, ("c_0", "h_0"), 4 * H, "W_xc", "b_c")
     for t in range(1, T + 1):
         p = t - 1
         L.append(f'layer {{ name: "h_conted_{p}" type: "Scale" bottom: "h_{p}" bottom: "cont_{t}" '
                  f'top: "h_conted_{p}" scale_param {{ axis: 0 }} }}')
-        L.append(f'layer {{ name: "transform_{t}" {ip(4 * H, False, 2)} param {{ name: "W_hc" }} '
+        L.append(f'layer {{ name: "transform_{t}" {_ip(4 * H, False, 2)} param {{ name: "W_hc" }} '
                  f'bottom: "h_conted_{p}" top: "W_hc_h_{p}" }}')
         st = 'bottom: "W_xc_x_static"' if S else ""
         L.append(f'layer {{ name: "gate_input_{t}" type: "Eltwise" bottom: "W_hc_h_{p}" bottom: "W_xc_x_{t}" {st} '
@@ -190,36 +202,18 @@ def _unrolled_lstm(T, N, I, H, S):
 
 def _unrolled_rnn(T, N, I, H, S):
     """The net RNNLayer::FillUnrolledNet builds."""
-    ip = lambda n, bias, axis: (f'type: "InnerProduct" inner_product_param {{ num_output: {n} '  # noqa: E731
-                                f'bias_term: {str(bias).lower()} axis: {axis} }}')
-    L = [f'layer {{ name: "in" type: "Input" top: "x" top: "cont" top: "h_0" '
-         f'input_param {{ shape {{ dim: {T} dim: {N} dim: {I} }} shape {{ dim: {T} dim: {N} }} '
-         f'shape {{ dim: 1 dim: {N} dim: {H} }} }} }}']
-    if S:
-        L.append(f'layer {{ name: "in_s" type: "Input" top: "x_static" '
-                 f'input_param {{ shape {{ dim: {N} dim: {S} }} }} }}')
-    tops = " ".join(f'top: "cont_{t}"' for t in range(1, T + 1))
-    L.append(f'layer {{ name: "cont_slice" type: "Slice" bottom: "cont" {tops} slice_param {{ axis: 0 }} }}')
-    L.append(f'layer {{ name: "x_transform" {ip(H, True, 2)} param {{ name: "W_xh" }} param {{ name: "b_h" }} '
-             f'bottom: "x" top: "W_xh_x" }}')
-    if S:
-        L.append(f'layer {{ name: "W_xh_x_static" {ip(H, False, 1)} param {{ name: "W_xh_static" }} '
-                 f'bottom: "x_static" top: "W_xh_x_static_preshape" }}')
-        L.append(f'layer {{ name: "W_xh_x_static_reshape" type: "Reshape" bottom: "W_xh_x_static_preshape" '
-                 f'top: "W_xh_x_static" reshape_param {{ shape {{ dim: 1 dim: -1 dim: {H} }} }} }}')
-    tops = " ".join(f'top: "W_xh_x_{t}"' for t in range(1, T + 1))
-    L.append(f'layer {{ name: "W_xh_x_slice" type: "Slice" bottom: "W_xh_x" {tops} slice_param {{ axis: 0 }} }}')
+    L = _unrolled_inputs(T, N, I, H, S, ("h_0",), H, "W_xh", "b_h")
     for t in range(1, T + 1):
         p = t - 1
         L.append(f'layer {{ name: "h_conted_{p}" type: "Scale" bottom: "h_{p}" bottom: "cont_{t}" '
                  f'top: "h_conted_{p}" scale_param {{ axis: 0 }} }}')
-        L.append(f'layer {{ name: "W_hh_h_{p}" {ip(H, False, 2)} param {{ name: "W_hh" }} '
+        L.append(f'layer {{ name: "W_hh_h_{p}" {_ip(H, False, 2)} param {{ name: "W_hh" }} '
                  f'bottom: "h_conted_{p}" top: "W_hh_h_{p}" }}')
         st = 'bottom: "W_xh_x_static"' if S else ""
         L.append(f'layer {{ name: "h_input_sum_{t}" type: "Eltwise" bottom: "W_hh_h_{p}" bottom: "W_xh_x_{t}" {st} '
                  f'top: "h_neuron_input_{t}" }}')
         L.append(f'layer {{ name: "h_neuron_{t}" type: "TanH" bottom: "h_neuron_input_{t}" top: "h_{t}" }}')
-        L.append(f'layer {{ name: "W_ho_h_{t}" {ip(H, True, 2)} param {{ name: "W_ho" }} param {{ name: "b_o" }} '
+        L.append(f'layer {{ name: "W_ho_h_{t}" {_ip(H, True, 2)} param {{ name: "W_ho" }} param {{ name: "b_o" }} '
                  f'bottom: "h_{t}" top: "W_ho_h_{t}" }}')
         L.append(f'layer {{ name: "o_neuron_{t}" type: "TanH" bottom: "W_ho_h_{t}" top: "o_{t}" }}')
     bots = " ".join(f'bottom: "o_{t}"' for t in range(1, T + 1))

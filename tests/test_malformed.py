@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -136,6 +137,13 @@ def test_flipped_bits_in_our_snapshots_are_caught(tmp_path):
                     s.net.copy_from(str(bad))
                 else:
                     s.restore(str(bad))
+        kind = caffe_pb2.NetParameter if path == model else caffe_pb2.SolverState
+        for bit in range(40 * 8):  # the checksum header itself: a flipped tag must not hide it
+            b = bytearray(raw)
+            b[bit // 8] ^= 1 << (bit % 8)
+            (tmp_path / "hdr").write_bytes(bytes(b))
+            with pytest.raises(CaffeError, match="hdr: (damaged|truncated|not a binary)"):
+                pio.read_proto_binary(tmp_path / "hdr", kind)
         bad = tmp_path / ("cut" + os.path.splitext(path)[1])
         bad.write_bytes(raw[:-1])
         with pytest.raises(CaffeError, match="cut.*truncated"):
@@ -154,6 +162,20 @@ def test_flipped_bits_in_hdf5_snapshot_data(tmp_path):
     s = get_solver(sf.solver_param(momentum=0.9))
     with pytest.raises(CaffeError, match="caffemodel.h5: damaged HDF5 file: SHA-256"):
         s.restore(state)
+    # bits flipped anywhere are caught before HDF5 parses the file (it can hang on bad metadata)
+    raw = open(state, "rb").read()
+    for seed in range(20):
+        bad = tmp_path / "bad.solverstate.h5"
+        bad.write_bytes(flip(raw, 20, seed))
+        with pytest.raises(CaffeError, match="bad.solverstate.h5: (damaged|truncated|not an HDF5)"):
+            s.restore(str(bad))
+    # a file without fc-caffe's checksum block (as Caffe writes them) is read as it is
+    plain = tmp_path / "plain.solverstate.h5"
+    with h5py.File(state, "r") as src, h5py.File(plain, "w") as dst:
+        for key in src:
+            src.copy(key, dst)
+    from pycaffe_fc.proto.hdf5 import read_hdf5_solverstate
+    assert read_hdf5_solverstate(str(plain))["iter"] == 2
 
 
 def test_checksummed_files_stay_readable_by_a_parser_without_the_fields(tmp_path):
@@ -218,6 +240,27 @@ def test_huge_pad_stops_before_allocating(tmp_path):
     with pytest.raises(CaffeError, match=r"layer 'conv' \(Convolution\): blob 'conv' of shape "
                                          r"\[4, 2, 200004, 200004\].*needs .* bytes\), more than"):
         Net(str(data_net(tmp_path, db, pad=100000)), TEST)
+
+
+def test_huge_batch_size_is_refused_at_once_by_the_cli(tmp_path):
+    # the batch plan once built a batch_size-long offset array first: 8 GB and ~100 s for 1e9
+    import tracemalloc
+    from pycaffe_fc.data.sharding import plan_batch
+    tracemalloc.start()
+    try:
+        assert plan_batch(10 ** 9, "data", caffe_pb2.TRAIN).local_batch == 10 ** 9
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+    db = write_lmdb(tmp_path / "db", [datum()] * 4)
+    net = data_net(tmp_path, db).read_text().replace("batch_size: 4", "batch_size: 1000000000")
+    (tmp_path / "net.prototxt").write_text(net)
+    r = subprocess.run(CLI + ["time", "--model", "net.prototxt", "--iterations", "1"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=20)
+    errors = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(errors) == 1 and re.search(r"layer 'data' \(Data\): blob 'data' of shape "
+                                          r"\[1000000000, 1, 6, 6\].*needs .* bytes\), more than", errors[0])
 
 
 # -- convert_imageset ------------------------------------------------------------------------------

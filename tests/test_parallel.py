@@ -19,20 +19,11 @@ import numpy as np
 import pytest
 
 from conftest import MODELS, REF, ROOT, need_shared
+from proc_helpers import MPIEXEC, lenet_solver, rel as _rel, snapshot_weights as _weights
+from proc_helpers import proc_env as _env
 
 SOLVER_DIR = REF / "solver"
-MPIEXEC = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
 pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec")
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    paths = [str(ROOT), extra.pop("PYTHONPATH", ""), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    # one BLAS thread per rank: several ranks share the test machine's cores
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def run(cmd, cwd, timeout=90, **env) -> subprocess.CompletedProcess:
@@ -48,20 +39,8 @@ def fc_train(cwd, *args, timeout=90, **env) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "pycaffe_fc", "train", *args], cwd, timeout, **env)
 
 
-SOLVER = """net: "{net}"
-base_lr: 0.01
-momentum: 0.9
-weight_decay: 0.0005
-lr_policy: "inv"
-gamma: 0.0001
-power: 0.75
-display: 1
-max_iter: {max_iter}
-snapshot: {snapshot}
-snapshot_prefix: "snap/lenet"
-random_seed: 1701
-solver_mode: CPU
-"""
+def _solver(net: str, max_iter: int, snapshot: int) -> str:
+    return lenet_solver(net, max_iter, snapshot, "snap/lenet", display=1)
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +51,9 @@ def lenet(tmp_path_factory) -> Path:
     shutil.copytree(SOLVER_DIR / "fmnist640_train_lmdb", d / "fmnist640_train_lmdb")
     shutil.copy(SOLVER_DIR / "lenet_train.prototxt", d)
     shutil.copy(SOLVER_DIR / "lenet_init.caffemodel", d)
-    (d / "solver.prototxt").write_text(SOLVER.format(net="lenet_train.prototxt", max_iter=4, snapshot=0))
+    (d / "solver.prototxt").write_text(_solver(net="lenet_train.prototxt", max_iter=4, snapshot=0))
     (d / "snap").mkdir()
     return d
-
-
-def _weights(path) -> np.ndarray:
-    from pycaffe_fc.proto.io import blobproto_to_array, read_net_param_binary
-    net = read_net_param_binary(str(path))
-    return np.concatenate([blobproto_to_array(b).ravel() for l in net.layer for b in l.blobs])
-
-
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 # -- trees (no MPI) ------------------------------------------------------------------------------
@@ -178,8 +147,8 @@ def test_resume_multi_worker_from_snapshot(lenet, tmp_path):
     os.symlink(lenet / "fmnist640_train_lmdb", d / "fmnist640_train_lmdb")
     shutil.copy(lenet / "lenet_train.prototxt", d)
     (d / "snap").mkdir()
-    (d / "s2.prototxt").write_text(SOLVER.format(net="lenet_train.prototxt", max_iter=2, snapshot=0))
-    (d / "s4.prototxt").write_text(SOLVER.format(net="lenet_train.prototxt", max_iter=4, snapshot=0))
+    (d / "s2.prototxt").write_text(_solver(net="lenet_train.prototxt", max_iter=2, snapshot=0))
+    (d / "s4.prototxt").write_text(_solver(net="lenet_train.prototxt", max_iter=4, snapshot=0))
     r = fc_train(d, "--solver", "s2.prototxt", "--weights", lenet / "lenet_init.caffemodel", "--gpus", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (d / "snap" / "lenet_iter_2.solverstate").exists()
@@ -255,7 +224,7 @@ def _fault_dir(lenet, tmp_path, spec: str, snapshot: int = 2, max_iter: int = 6)
         ''')
     i = net.index('layer {\n  name: "loss"')
     (d / "net.prototxt").write_text(net[:i] + layer + net[i:])
-    (d / "solver.prototxt").write_text(SOLVER.format(net="net.prototxt", max_iter=max_iter, snapshot=snapshot))
+    (d / "solver.prototxt").write_text(_solver(net="net.prototxt", max_iter=max_iter, snapshot=snapshot))
     (d / "snap").mkdir()
     return d
 
@@ -289,8 +258,8 @@ def test_ranks_with_different_solvers_stop_at_startup(lenet, tmp_path):
     d = tmp_path
     os.symlink(lenet / "fmnist640_train_lmdb", d / "fmnist640_train_lmdb")
     shutil.copy(lenet / "lenet_train.prototxt", d)
-    (d / "a.prototxt").write_text(SOLVER.format(net="lenet_train.prototxt", max_iter=4, snapshot=0))
-    (d / "b.prototxt").write_text(SOLVER.format(net="lenet_train.prototxt", max_iter=4, snapshot=0)
+    (d / "a.prototxt").write_text(_solver(net="lenet_train.prototxt", max_iter=4, snapshot=0))
+    (d / "b.prototxt").write_text(_solver(net="lenet_train.prototxt", max_iter=4, snapshot=0)
                                   .replace("base_lr: 0.01", "base_lr: 0.02"))
     train = [sys.executable, "-m", "pycaffe_fc", "train", "--gpus", "2", "--solver"]
     r = run([MPIEXEC, "-n", 1, *train, "a.prototxt", ":", "-n", 1, *train, "b.prototxt"], d, timeout=60)

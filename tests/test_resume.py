@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REF, ROOT, need_shared
+from conftest import REF, need_shared
+from proc_helpers import MPIEXEC, lenet_solver, rel as _rel, snapshot_weights as _weights
+from proc_helpers import proc_env as _env
 
 LMDB = REF / "solver" / "fmnist640_train_lmdb"   # 640 Fashion-MNIST records made by Caffe's tool
-MPIEXEC = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 NET = """name: "LeNetish"
 layer { name: "mnist" type: "Data" top: "data" top: "label"
@@ -39,29 +40,6 @@ layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
 """
 
-SOLVER = """net: "net.prototxt"
-base_lr: 0.01
-momentum: 0.9
-weight_decay: 0.0005
-lr_policy: "inv"
-gamma: 0.0001
-power: 0.75
-display: 0
-max_iter: {max_iter}
-snapshot: {snapshot}
-snapshot_prefix: "snap/s"
-random_seed: 1701
-solver_mode: CPU
-{extra}"""
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
 def _train(d: Path, *args, timeout: int = 120) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, "-m", "pycaffe_fc", "train", "--solver", "solver.prototxt", *map(str, args)],
                        cwd=d, env=_env(), capture_output=True, text=True, timeout=timeout)
@@ -75,20 +53,10 @@ def _setup(d: Path, max_iter: int, snapshot: int, extra: str = "") -> Path:
     if not (d / "db").exists():
         os.symlink(LMDB, d / "db")
     (d / "net.prototxt").write_text(NET)
-    (d / "solver.prototxt").write_text(SOLVER.format(max_iter=max_iter, snapshot=snapshot, extra=extra))
+    (d / "solver.prototxt").write_text(lenet_solver("net.prototxt", max_iter, snapshot, "snap/s", extra=extra))
     shutil.rmtree(d / "snap", ignore_errors=True)
     (d / "snap").mkdir()
     return d
-
-
-def _weights(path) -> np.ndarray:
-    from pycaffe_fc.proto.io import blobproto_to_array, read_net_param_binary
-    net = read_net_param_binary(str(path))
-    return np.concatenate([blobproto_to_array(b).ravel() for l in net.layer for b in l.blobs])
-
-
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _keep(d: Path, name: str) -> Path:

@@ -9,7 +9,6 @@ and the job would not end with status 0 within the timeout.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from proc_helpers import MPIEXEC
+from proc_helpers import proc_env as _env
 
-MPIEXEC = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
 pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC) or not sys.platform.startswith("linux"),
                                 reason="needs mpiexec and Linux /proc")
 
@@ -41,13 +40,6 @@ snapshot_prefix: "snap/tiny"
 random_seed: 1
 solver_mode: CPU
 {extra}"""
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
 
 
 def job_dir(tmp_path: Path, extra: str = "") -> Path:
@@ -229,3 +221,19 @@ def test_nothing_outlives_the_launcher(tmp_path, how, when):
         except ProcessLookupError:
             pass
     assert not left, f"still running 10 s after the launcher ended ({how} at {when}): {left}"
+
+
+def test_sigterm_once_asks_twice_kills():
+    """One process: the first SIGTERM is the solver action "snapshot_stop"; a second kills at
+    once (a process stuck where no iteration ends must still die of it)."""
+    code = ("import os, signal, time\n"
+            "from pycaffe_fc.solvers.training import SignalHandler\n"
+            "h = SignalHandler()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print(h.action(), h.action(), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(10)\n"
+            "print('still alive', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == -signal.SIGTERM, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == "snapshot_stop none\n"

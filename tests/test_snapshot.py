@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import solver_fixtures as sf
+from pycaffe_fc import backend
 from pycaffe_fc.errors import CaffeError
 from pycaffe_fc.net import Net
 from pycaffe_fc.proto import caffe_pb2
@@ -37,7 +38,8 @@ def test_binary_snapshot_files_and_contents(tmp_path):
     assert state.learned_net == str(tmp_path / "snap_iter_4.caffemodel")
     assert len(state.history) == 2
     assert list(state.history[0].shape.dim) == [sf.N_OUT, sf.N_IN]
-    np.testing.assert_array_equal(np.asarray(state.history[1].data, np.float32), s.history[1])
+    np.testing.assert_array_equal(np.asarray(state.history[1].data, np.float32),
+                                  backend.to_numpy(s.history[1]))  # on the device in GPU mode
     model = read_proto_binary(tmp_path / "snap_iter_4.caffemodel", caffe_pb2.NetParameter)
     ip = [l for l in model.layer if l.name == "ip"][0]
     np.testing.assert_array_equal(np.asarray(ip.blobs[0].data, np.float32).reshape(sf.N_OUT, sf.N_IN),

@@ -6,7 +6,7 @@ from google.protobuf import text_format
 
 from conftest import MODELS, need_shared
 from pycaffe_fc.errors import CaffeError
-from pycaffe_fc.proto import caffe_pb2, io, upgrade
+from pycaffe_fc.proto import caffe_pb2, io, upgrade, upgrade_tools
 
 LEGACY = MODELS / "legacy"
 
@@ -236,23 +236,23 @@ def test_solver_type_and_enum_together_is_an_error(tmp_path):
 def test_upgrade_net_proto_text(tmp_path):
     src = need_shared(LEGACY / "v1_before_e6c80dac" / "mnist__lenet_train_test.prototxt")
     out = tmp_path / "out.prototxt"
-    assert upgrade.upgrade_net_proto_text(src, out)
+    assert upgrade_tools.upgrade_net_proto_text(src, out)
     written = _parse(out)
     assert not upgrade.net_needs_upgrade(written)
     assert written == _parse(LEGACY / "v1_upgraded_at_e6c80dac" / "mnist__lenet_train_test.prototxt")
     # An up-to-date file is written back unchanged.
     out2 = tmp_path / "out2.prototxt"
-    assert upgrade.upgrade_net_proto_text(out, out2)
+    assert upgrade_tools.upgrade_net_proto_text(out, out2)
     assert _parse(out2) == written
 
 
 def test_upgrade_solver_and_binary_tools(tmp_path):
     src = need_shared(LEGACY / "solver_type_enum_before_9563537e" / "mnist__lenet_solver_adam.prototxt")
-    assert upgrade.upgrade_solver_proto_text(src, tmp_path / "s.prototxt")
+    assert upgrade_tools.upgrade_solver_proto_text(src, tmp_path / "s.prototxt")
     assert io.read_prototxt(tmp_path / "s.prototxt", caffe_pb2.SolverParameter).type == "Adam"
     v1 = text_format.Parse('layers { name: "r" type: RELU bottom: "x" top: "x" }',
                            caffe_pb2.NetParameter())
     io.write_proto_binary(v1, tmp_path / "old.caffemodel")
-    assert upgrade.upgrade_net_proto_binary(tmp_path / "old.caffemodel", tmp_path / "new.caffemodel")
+    assert upgrade_tools.upgrade_net_proto_binary(tmp_path / "old.caffemodel", tmp_path / "new.caffemodel")
     new = io.read_net_param_binary(tmp_path / "new.caffemodel", upgrade_net=False)
     assert [(l.name, l.type) for l in new.layer] == [("r", "ReLU")] and not new.layers

@@ -20,13 +20,14 @@ import time
 import numpy as np
 
 from ..errors import CaffeError
+from ._transformflags import (_ints, add_model_arguments, add_preprocessing_arguments, load_mean,
+                              preprocessing, set_mode)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input_file", help="input image, directory, or npy")
     p.add_argument("output_file", help="output npy filename")
-    p.add_argument("--model_def", required=True, help="model definition file (deploy prototxt)")
-    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
+    add_model_arguments(p)
     p.add_argument("--gpu", action="store_true", help="switch for gpu computation")
     p.add_argument("--center_only", action="store_true",
                    help="switch for prediction from center crop alone instead of averaging predictions "
@@ -35,50 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="canonical 'height,width' dimensions of input images")
     p.add_argument("--mean_file", default="", help="data set image mean of [Channels x Height x Width] "
                    "dimensions (numpy array, or a .binaryproto); default: none")
-    p.add_argument("--input_scale", type=float, help="multiply input features by this scale to finish "
-                   "preprocessing")
-    p.add_argument("--raw_scale", type=float, default=255.0,
-                   help="multiply raw input by this scale before preprocessing")
-    p.add_argument("--channel_swap", default="2,1,0",
-                   help="order to permute input channels; the default converts RGB -> BGR")
+    add_preprocessing_arguments(p)
     p.add_argument("--ext", default="jpg",
                    help="image file extension to take as input when a directory is given as the input file")
-
-
-def load_mean(path: str, input_hw=None) -> np.ndarray:
-    """A mean from a .npy or a .binaryproto; reduced to channel means when its H x W differ from
-    ``input_hw`` (a 256x256 ImageNet mean for a 227x227 net, say)."""
-    if not os.path.isfile(path):
-        raise CaffeError(f"{path}: no such mean file")
-    if path.endswith(".binaryproto"):
-        from ..proto.io import blobproto_to_array, read_blobproto
-        mean = blobproto_to_array(read_blobproto(path))
-        mean = mean.reshape(mean.shape[-3:]) if mean.ndim == 4 else mean
-    else:
-        try:
-            mean = np.load(path)
-        except (OSError, ValueError) as e:
-            raise CaffeError(f"{path}: not a .npy mean ({e})") from None
-    if mean.ndim == 3 and input_hw is not None and tuple(mean.shape[1:]) != tuple(input_hw):
-        mean = mean.mean(1).mean(1)
-    return np.asarray(mean, np.float32)
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise CaffeError(f"{flag} must be comma-separated integers, got '{text}'") from None
-
-
-def _set_mode(gpu: bool) -> None:
-    from .. import backend
-    if gpu:
-        backend.set_mode_gpu()
-        print("GPU mode")
-    else:
-        backend.set_mode_cpu()
-        print("CPU mode")
 
 
 def _deploy_input_hw(model_def: str):
@@ -96,12 +56,11 @@ def main(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
 
     image_dims = _ints(args.images_dim, "--images_dim")
-    channel_swap = _ints(args.channel_swap, "--channel_swap") if args.channel_swap else None
+    kwargs = preprocessing(args)
     mean = load_mean(args.mean_file, _deploy_input_hw(args.model_def)) if args.mean_file else None
-    _set_mode(args.gpu)
+    set_mode(args.gpu)
     classifier = Classifier(args.model_def, args.pretrained_model, image_dims=image_dims, mean=mean,
-                            input_scale=args.input_scale, raw_scale=args.raw_scale,
-                            channel_swap=channel_swap)
+                            **kwargs)
     input_file = os.path.expanduser(args.input_file)
     if input_file.endswith("npy"):
         print(f"Loading file: {input_file}")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from ..errors import CaffeError
-from .classify import _ints, _set_mode, load_mean
+from ._transformflags import add_model_arguments, add_preprocessing_arguments, load_mean, preprocessing, set_mode
 
 CROP_MODES = ["list", "selective_search"]
 COORD_COLS = ["ymin", "xmin", "ymax", "xmax"]
@@ -31,19 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input_file", help="input csv filename with a header 'filename, ymin, xmin, ymax, xmax' "
                    "(or txt of image filenames for selective_search, which fc-caffe lacks)")
     p.add_argument("output_file", help="output h5/csv filename; the format depends on the extension")
-    p.add_argument("--model_def", required=True, help="model definition file (deploy prototxt)")
-    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
+    add_model_arguments(p)
     p.add_argument("--crop_mode", default="list", choices=CROP_MODES,
                    help="how to generate windows for detection (only 'list' in fc-caffe)")
     p.add_argument("--gpu", action="store_true", help="switch for gpu computation")
     p.add_argument("--mean_file", default="", help="data set image mean of H x W x K dimensions (numpy "
                    "array, or a .binaryproto); reduced to channel means as detect.py does")
-    p.add_argument("--input_scale", type=float, help="multiply input features by this scale to finish "
-                   "preprocessing")
-    p.add_argument("--raw_scale", type=float, default=255.0,
-                   help="multiply raw input by this scale before preprocessing")
-    p.add_argument("--channel_swap", default="2,1,0",
-                   help="order to permute input channels; the default converts RGB -> BGR")
+    add_preprocessing_arguments(p)
     p.add_argument("--context_pad", type=int, default=16, help="amount of surrounding context to collect "
                    "in input window")
 
@@ -115,10 +109,10 @@ def main(args: argparse.Namespace) -> int:
         mean = load_mean(args.mean_file)
         if mean.ndim == 3 and mean.shape[1:] != (1, 1):
             mean = mean.mean(1).mean(1)  # detect.py: the context pad is filled with channel means
-    channel_swap = _ints(args.channel_swap, "--channel_swap") if args.channel_swap else None
-    _set_mode(args.gpu)
-    detector = Detector(args.model_def, args.pretrained_model, mean=mean, input_scale=args.input_scale,
-                        raw_scale=args.raw_scale, channel_swap=channel_swap, context_pad=args.context_pad)
+    kwargs = preprocessing(args)
+    set_mode(args.gpu)
+    detector = Detector(args.model_def, args.pretrained_model, mean=mean, context_pad=args.context_pad,
+                        **kwargs)
     t = time.time()
     print("Loading input...")
     images_windows = read_windows(args.input_file)

@@ -56,7 +56,9 @@ def main(args: argparse.Namespace) -> int:
         info("Use CPU.", "caffe.cpp:343")
     # before anything is allocated: will the blobs fit?
     check_memory(estimate_memory(param, phase=phase), on_device=gpu, what=f"net '{param.name or args.model}'")
-    net = Net(args.model, phase, level=level, stages=stages, weights=args.weights)
+    with Heartbeat(_Stage("setting up the net's layers and filling its weights"),
+                   lambda m: info(m, "caffe.cpp:0"), HEARTBEAT_S):
+        net = Net(args.model, phase, level=level, stages=stages, weights=args.weights)
     net.keep_forward_columns()  # as the training net does: timed forward/backward pairs
     _log_setup(net, info)
 
@@ -87,6 +89,16 @@ def main(args: argparse.Namespace) -> int:
     info(f"Total Time: {_ms(total, gpu)} ms.", "caffe.cpp:414")
     info("*** Benchmark ends ***", "caffe.cpp:415")
     return 0
+
+
+class _Stage:
+    """A heartbeat's description of a step that is not a pass through the layers."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def describe(self) -> str:
+        return self.what
 
 
 def _log_setup(net, info) -> None:

@@ -10,7 +10,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..proto.upgrade import upgrade_net_proto_text
+    from ..proto.upgrade_tools import upgrade_net_proto_text
 
     upgrade_net_proto_text(args.input, args.output)
     print(f"Wrote upgraded NetParameter text proto to {args.output}")

@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..proto.upgrade import upgrade_net_proto_binary
+    from ..proto.upgrade_tools import upgrade_net_proto_binary
     from ._dataflags import install_log
 
     install_log()

@@ -245,20 +245,15 @@ class LMDBStream:
             self.env = None
 
 
-class LMDBWriter:
-    """db::LMDB opened NEW: creates the directory (an existing one is an error, as Caffe's mkdir
-    check), puts records, commits every ``COMMIT_EVERY``, grows the map when it fills."""
+class _DBWriter:
+    """What db::LMDB and db::LevelDB opened NEW share: a new path (an existing one is an error),
+    ``put`` buffering records as a db::Transaction, written every ``COMMIT_EVERY`` and at
+    ``close``; leaving a ``with`` block on an exception closes without writing the rest."""
 
-    def __init__(self, path: str, map_size: int = 1 << 26) -> None:
-        _need_lmdb()
+    def __init__(self, path: str) -> None:
         if os.path.exists(path):
             raise CaffeError(f"{path}: already exists; remove it or choose another DB name")
-        try:
-            os.makedirs(path, mode=0o744)
-        except OSError as e:
-            raise CaffeError(f"{path}: cannot create directory ({e.strerror})") from None
         self.path = path
-        self.env = lmdb.open(path, map_size=map_size, subdir=True, meminit=False)
         self._pending: list[tuple[bytes, bytes]] = []
         self.count = 0
 
@@ -273,30 +268,59 @@ class LMDBWriter:
     def commit(self) -> None:
         if not self._pending:
             return
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for k, v in self._pending:
-                        txn.put(k, v)
-                break
-            except lmdb.MapFullError:
-                # db_lmdb.cpp DoubleMapSize: the aborted transaction is retried on a bigger map
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self._write(self._pending)
         self._pending.clear()
 
-    def close(self) -> None:
-        self.commit()
-        self.env.sync()
-        self.env.close()
+    def _write(self, records: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> "LMDBWriter":
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
             self.close()
         else:
-            self.env.close()
+            self._abort()
+
+
+class LMDBWriter(_DBWriter):
+    """db::LMDB opened NEW: creates the directory (an existing one is an error, as Caffe's mkdir
+    check), puts records, commits every ``COMMIT_EVERY``, grows the map when it fills."""
+
+    def __init__(self, path: str, map_size: int = 1 << 26) -> None:
+        _need_lmdb()
+        super().__init__(path)
+        try:
+            os.makedirs(path, mode=0o744)
+        except OSError as e:
+            raise CaffeError(f"{path}: cannot create directory ({e.strerror})") from None
+        self.env = lmdb.open(path, map_size=map_size, subdir=True, meminit=False)
+
+    def _write(self, records: list[tuple[bytes, bytes]]) -> None:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for k, v in records:
+                        txn.put(k, v)
+                break
+            except lmdb.MapFullError:
+                # db_lmdb.cpp DoubleMapSize: the aborted transaction is retried on a bigger map
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def close(self) -> None:
+        self.commit()
+        self.env.sync()
+        self.env.close()
+
+    def _abort(self) -> None:
+        self.env.close()
 
 
 # -- LevelDB (util/db_leveldb.cpp) ---------------------------------------------------------------
@@ -469,50 +493,29 @@ def open_stream(backend, path: str, what: str, explicit: bool = True):
     return LevelDBStream(path, what)
 
 
-class LevelDBWriter:
+class LevelDBWriter(_DBWriter):
     """db::LevelDB opened NEW (error_if_exists, Caffe's options); ``put`` adds to a write batch,
     written every ``COMMIT_EVERY`` records and at ``close``, as LevelDBTransaction::Commit."""
 
     def __init__(self, path: str) -> None:
         plyvel = _plyvel()
-        if os.path.exists(path):
-            raise CaffeError(f"{path}: already exists; remove it or choose another DB name")
+        super().__init__(path)
         try:
             self.db = plyvel.DB(path, create_if_missing=True, error_if_exists=True, **LEVELDB_OPTIONS)
         except plyvel.Error as e:
             raise CaffeError(f"{path}: cannot create LevelDB ({e})") from None
-        self.path = path
-        self._pending: list[tuple[bytes, bytes]] = []
-        self.count = 0
 
-    def put(self, key: bytes | str, value: bytes) -> None:
-        if isinstance(key, str):
-            key = key.encode()
-        self._pending.append((key, value))
-        self.count += 1
-        if len(self._pending) >= COMMIT_EVERY:
-            self.commit()
-
-    def commit(self) -> None:
-        if not self._pending:
-            return
+    def _write(self, records: list[tuple[bytes, bytes]]) -> None:
         with self.db.write_batch() as batch:
-            for k, v in self._pending:
+            for k, v in records:
                 batch.put(k, v)
-        self._pending.clear()
 
     def close(self) -> None:
         self.commit()
         self.db.close()
 
-    def __enter__(self) -> "LevelDBWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is None:
-            self.close()
-        else:
-            self.db.close()
+    def _abort(self) -> None:
+        self.db.close()
 
 
 def open_writer(backend, path: str, what: str = "db"):

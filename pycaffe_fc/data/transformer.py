@@ -15,7 +15,6 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..errors import CaffeError
-from ..layers.base import TRAIN
 from ..proto import caffe_pb2
 from ..proto.io import blobproto_to_array, read_blobproto
 from .. import rng as rngmod
@@ -91,7 +90,7 @@ class DataTransformer:
         positions = np.asarray(positions, dtype=np.int64)
         self.next_position = int(positions[-1]) + 1 if n else self.next_position
         crop = self.crop_size
-        if crop and self.phase == TRAIN:
+        if crop and self.phase == caffe_pb2.TRAIN:
             h_off = rngmod.random_integers(np, self._keys["crop_h"], positions, h - crop + 1)
             w_off = rngmod.random_integers(np, self._keys["crop_w"], positions, w - crop + 1)
         elif crop:

@@ -44,10 +44,11 @@ STACKED_WGRAD_MAX_BYTES = 4 << 20
 GPU_STACKED_WGRAD_MAX_BYTES = 64 << 20
 
 
-def _column_cache_bytes() -> int:
+def _column_cache_bytes(gpu: bool = False) -> int:
     value = os.environ.get("FC_CAFFE_COLUMN_CACHE_MB", "").strip()
     try:
-        return max(0, int(float(value) * (1 << 20))) if value else 128 << 20
+        # a GPU has the memory, and every im2col saved is two kernel launches: 1 GiB by default
+        return max(0, int(float(value) * (1 << 20))) if value else (1 << 30 if gpu else 128 << 20)
     except ValueError:
         raise CaffeError(f"FC_CAFFE_COLUMN_CACHE_MB must be a number of MiB, got {value!r}") from None
 
@@ -401,7 +402,7 @@ class _KeptColumns:
     of the time outside the GEMMs for small images. Only nets that promise forward/backward pairs
     keep them (Net.keep_forward_columns: the Solver's training net, `fc-caffe time`); layers
     claim buffers in the order they first run, while the bytes claimed by all stay within
-    ``COLUMN_CACHE_BYTES`` (FC_CAFFE_COLUMN_CACHE_MB, default 128 MiB); a layer that does not fit
+    ``COLUMN_CACHE_BYTES`` (FC_CAFFE_COLUMN_CACHE_MB, default 128 MiB, 1 GiB on a GPU); a layer that does not fit
     recomputes, as Caffe does. The data gradient's GEMM then writes into the same buffer, so the
     layer needs no share of the shared column workspace.
     """
@@ -419,7 +420,7 @@ class _KeptColumns:
             return True
         self.release()
         nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        budget = COLUMN_CACHE_BYTES if COLUMN_CACHE_BYTES is not None else _column_cache_bytes()
+        budget = COLUMN_CACHE_BYTES if COLUMN_CACHE_BYTES is not None else _column_cache_bytes(xp is not np)
         if _KeptColumns.used + nbytes > budget:
             return False
         self.buf = xp.empty(shape, np.float32)

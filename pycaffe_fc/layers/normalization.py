@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CaffeError
-from ..im2col import bordered, workspace
+from ..im2col import as_strided, bordered, workspace
 from .base import TEST, Layer, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -97,7 +97,7 @@ class LRNLayer(Layer):
             shape = out.shape + (n, n)
             strides = st + (st[2], st[3])
             axes = (4, 5)
-        view = self.xp.lib.stride_tricks.as_strided(buf, shape=shape, strides=strides)
+        view = as_strided(buf, shape, strides)
         view.sum(axis=axes, out=out)
 
     def _forward_gpu(self, x, y) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CaffeError
-from ..im2col import _cached_offsets, col2im_gpu, image_windows, padded_extent, scatter_add, workspace
+from ..im2col import _cached_offsets, as_strided, col2im_gpu, image_windows, padded_extent, scatter_add, workspace
 from .. import rng as rngmod
 from ..threads import run_ranges
 from .base import TRAIN, Layer, register
@@ -447,8 +447,7 @@ class PoolingKernel:
         # every pixel of a window gets the window's share: the columns of im2col with the same
         # value at every kernel offset (a stride-0 view), folded back by col2im
         st = d.strides
-        col = xp.lib.stride_tricks.as_strided(d, shape=(c, g.kernel[0], g.kernel[1], n) + g.out_hw,
-                                              strides=(st[1], 0, 0, st[0], st[2], st[3]))
+        col = as_strided(d, (c, g.kernel[0], g.kernel[1], n) + g.out_hw, (st[1], 0, 0, st[0], st[2], st[3]))
         col2im_gpu(col, g.kernel, g.stride, g.pad, (1, 1), g.in_hw, dbottom)
 
     # -- the verbs ----------------------------------------------------------------------------

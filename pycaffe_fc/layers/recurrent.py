@@ -126,6 +126,8 @@ class RecurrentLayer(Layer):
     state_names: tuple[str, ...] = ()
     #: hidden size multiple of the input transform (4 gates for LSTM, 1 for RNN).
     gates = 1
+    #: the input transform's blobs (W_x, b, W_static) as Caffe's unrolled net names them.
+    input_param_names: tuple[str, str, str] = ("", "", "")
 
     def __init__(self, param, phase: int = TEST) -> None:
         super().__init__(param, phase)
@@ -170,6 +172,16 @@ class RecurrentLayer(Layer):
         self._state = None  # the (1, N, H) state blobs' values left by the last forward
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...], bool]]:
+        """(name, shape, is_bias) of the blobs in Caffe's order: the input transform's W_x, b
+        [, W_static], then the subclass's recurrent ones."""
+        g = self.gates * self.num_output
+        w_x, b, w_static = self.input_param_names
+        shapes = [(w_x, (g, self.input_dim), False), (b, (g,), True)]
+        if self.static_input:
+            shapes.append((w_static, (g, self.static_dim), False))
+        return shapes + self.recurrent_param_shapes()
+
+    def recurrent_param_shapes(self) -> list[tuple[str, tuple[int, ...], bool]]:
         raise NotImplementedError
 
     def _check_sequence_bottoms(self, bottom) -> None:
@@ -221,6 +233,22 @@ class RecurrentLayer(Layer):
             xs = bottom[2].data.reshape(self.N, self.static_dim)
             ws = xp.matmul(xs, self.blobs[2].data.T)
         return wx, ws
+
+    def _begin_forward(self, bottom):
+        """cont, W_x x_t + b for every step, the static term and the initial state; allocates the
+        masked h_{t-1} (T, N, H) that the backward pass reads."""
+        wx, ws = self._input_transform(bottom)
+        self._h_conted = self.xp.empty((self.T, self.N, self.num_output), np.float32)
+        return bottom[1].data, wx, ws, self._initial_state(bottom)
+
+    def _step_input(self, t, h_prev, cont, w_rec, wx, ws):
+        """W_rec (cont_t * h_{t-1}) + W_x x_t + b [+ W_static x_static]: step t's pre-activation."""
+        hc = self._h_conted[t]
+        self.xp.multiply(h_prev, cont[t][:, None], out=hc)
+        pre = wx[t] + hc @ w_rec.T
+        if ws is not None:
+            pre += ws
+        return pre
 
     def _input_transform_backward(self, dpre, bottom, propagate_down):
         """Gradients of W_x, b, W_static and of x, x_static from d(pre-activation) (T, N, G)."""
@@ -283,33 +311,23 @@ class LSTMLayer(RecurrentLayer):
 
     state_names = ("h_0", "c_0")
     gates = 4
+    input_param_names = ("W_xc", "b_c", "W_xc_static")
 
-    def param_shapes(self):
-        h4 = 4 * self.num_output
-        shapes = [("W_xc", (h4, self.input_dim), False), ("b_c", (h4,), True)]
-        if self.static_input:
-            shapes.append(("W_xc_static", (h4, self.static_dim), False))
-        shapes.append(("W_hc", (h4, self.num_output), False))
-        return shapes
+    def recurrent_param_shapes(self):
+        return [("W_hc", (4 * self.num_output, self.num_output), False)]
 
     def forward(self, bottom, top):
         xp = self.xp
         T, N, H = self.T, self.N, self.num_output
-        cont = bottom[1].data
-        wx, ws = self._input_transform(bottom)
+        cont, wx, ws, (h_prev, c_prev) = self._begin_forward(bottom)
         w_hc = self.blobs[-1].data
-        h_prev, c_prev = self._initial_state(bottom)
-        self._h_conted = hc = xp.empty((T, N, H), np.float32)
         self._c = cs = xp.empty((T + 1, N, H), np.float32)  # c_0 .. c_T
         self._acts = xp.empty((T, N, 4 * H), np.float32)
         self._tanh_c = xp.empty((T, N, H), np.float32)
         cs[0] = c_prev
         h = top[0].data
         for t in range(T):
-            xp.multiply(h_prev, cont[t][:, None], out=hc[t])
-            gate_in = wx[t] + hc[t] @ w_hc.T
-            if ws is not None:
-                gate_in += ws
+            gate_in = self._step_input(t, h_prev, cont, w_hc, wx, ws)
             c, h[t], self._acts[t], self._tanh_c[t] = lstm_unit_forward(xp, cs[t], gate_in, cont[t])
             cs[t + 1] = c
             h_prev = h[t]
@@ -341,30 +359,20 @@ class RNNLayer(RecurrentLayer):
 
     state_names = ("h_0",)
     gates = 1
+    input_param_names = ("W_xh", "b_h", "W_xh_static")
 
-    def param_shapes(self):
+    def recurrent_param_shapes(self):
         H = self.num_output
-        shapes = [("W_xh", (H, self.input_dim), False), ("b_h", (H,), True)]
-        if self.static_input:
-            shapes.append(("W_xh_static", (H, self.static_dim), False))
-        shapes += [("W_hh", (H, H), False), ("W_ho", (H, H), False), ("b_o", (H,), True)]
-        return shapes
+        return [("W_hh", (H, H), False), ("W_ho", (H, H), False), ("b_o", (H,), True)]
 
     def forward(self, bottom, top):
         xp = self.xp
         T, N, H = self.T, self.N, self.num_output
-        cont = bottom[1].data
-        wx, ws = self._input_transform(bottom)
+        cont, wx, ws, (h_prev,) = self._begin_forward(bottom)
         w_hh, w_ho, b_o = self.blobs[-3].data, self.blobs[-2].data, self.blobs[-1].data
-        (h_prev,) = self._initial_state(bottom)
-        self._h_conted = hc = xp.empty((T, N, H), np.float32)
         self._h = hs = xp.empty((T, N, H), np.float32)
         for t in range(T):
-            xp.multiply(h_prev, cont[t][:, None], out=hc[t])
-            pre = wx[t] + hc[t] @ w_hh.T
-            if ws is not None:
-                pre += ws
-            xp.tanh(pre, out=hs[t])
+            xp.tanh(self._step_input(t, h_prev, cont, w_hh, wx, ws), out=hs[t])
             h_prev = hs[t]
         # the output transform has no recurrence: one product over all steps
         o = top[0].data.reshape(T * N, H)

@@ -137,10 +137,8 @@ class GradientBuffer:
             cur.params.append(i)
             cur.ready_layer = min(cur.ready_layer, last_user[i])
         self._bucket_of = {i: bk for bk in self.buckets for i in bk.params}
-        self.device_buckets: list = []
+        self.device_buckets: list = []  # bound at the first gather or scatter of gradients
         self._views: dict[int, object] = {}
-        if self.on_device:
-            self._bind_device_buckets()
 
     @property
     def nbytes(self) -> int:
@@ -170,7 +168,11 @@ class GradientBuffer:
         self._views[i] = view
 
     def _bound(self, bucket: Bucket) -> None:
-        """Re-bind parameters whose diff memory was replaced (e.g. a reshape or set_diff)."""
+        """Bind the buckets on first use (a buffer used only for the weights never binds), and
+        re-bind parameters whose diff memory was replaced since (e.g. a reshape or set_diff)."""
+        if not self.device_buckets:
+            self._bind_device_buckets()
+            return
         params = self.net.learnable_params
         for i in bucket.params:
             if _device_diff(params[i]) is not self._views[i]:

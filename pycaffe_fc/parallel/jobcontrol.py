@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 
+from ..proto.io import pid_exists
+
 #: environment of the ranks started by the launcher
 ENV_LAUNCHER_PID = "FC_CAFFE_LAUNCHER_PID"
 ENV_LAUNCHER_START = "FC_CAFFE_LAUNCHER_START"
@@ -66,13 +68,7 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     except FileNotFoundError:
         return False
     except OSError:  # no /proc: fall back to kill(pid, 0)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_exists(pid)
     rest = stat[stat.rfind(")") + 2:].split()
     if not rest or rest[0] in ("Z", "X"):
         return False

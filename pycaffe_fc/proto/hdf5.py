@@ -10,9 +10,11 @@ parameter's gradient the same way.
 null-terminated fixed-length string), and a group ``history`` with datasets ``"0"``..``"K-1"``.
 
 Files are written to a temporary name in the target's directory, fsync'ed and renamed over the
-target, so a crash never leaves a half-written snapshot in place of a good one. Each carries the
-SHA-256 of its groups and datasets in a root attribute ``fc_checksum`` (an fc-caffe extension that
-Caffe's reader ignores), verified when it is read; a file without one (Caffe's) is read as it is.
+target, so a crash never leaves a half-written snapshot in place of a good one. Each starts with
+a 512-byte HDF5 user block (which the HDF5 library skips, so Caffe reads the file as usual)
+holding the SHA-256 and length of the rest of the file; it is verified before HDF5 parses the
+file, so a truncated or bit-flipped snapshot is an error, never a silent load (nor a hang inside
+HDF5 on damaged metadata). A file without one (Caffe's) is read as it is.
 """
 from __future__ import annotations
 
@@ -38,40 +40,63 @@ def _write_atomic_h5(path, write: Callable) -> None:
     h5py = _h5py()
 
     def write_file(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             write(f)
-            f.attrs[CHECKSUM_ATTR] = _content_digest(f)
+        _seal(tmp)
 
     atomic_write(path, write_file)
 
 
-#: root attribute holding the hex SHA-256 of the file's contents (see _content_digest)
-CHECKSUM_ATTR = "fc_checksum"
+#: bytes of the HDF5 user block in which fc-caffe records the checksum of the rest of the file
+USERBLOCK = 512
+_SEAL_MAGIC = b"fc-caffe sha256 "
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _content_digest(f) -> str:
-    """SHA-256 over every group and dataset: sorted path, dtype, shape and bytes of each."""
-    h5py = _h5py()
-    names: list[str] = []
-    f.visit(names.append)
+def _digest_after_userblock(f) -> tuple[str, int]:
     h = hashlib.sha256()
-    for name in sorted(names):
-        obj = f[name]
-        h.update(name.encode("utf-8") + b"\0")
-        if isinstance(obj, h5py.Dataset):
-            arr = np.asarray(obj[()])
-            h.update(f"{arr.dtype.str}{arr.shape}".encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
+    n = 0
+    f.seek(USERBLOCK)
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
 
 
-def _verify(f, path) -> None:
-    if CHECKSUM_ATTR not in f.attrs:
-        return  # written by Caffe (or an older fc-caffe): nothing to verify
-    want = f.attrs[CHECKSUM_ATTR]
-    if isinstance(want, bytes):
-        want = want.decode("ascii", "replace")
-    if str(want) != _content_digest(f):
+def _seal(tmp: str) -> None:
+    """Write ``fc-caffe sha256 <hex> <length>`` into the user block of a closed HDF5 file."""
+    with open(tmp, "r+b") as f:
+        digest, n = _digest_after_userblock(f)
+        f.seek(0)
+        f.write(_SEAL_MAGIC + digest.encode("ascii") + b" %d\n" % n)
+
+
+def _check_seal(path) -> None:
+    """Verify the checksum in the user block of one of fc-caffe's HDF5 files (a file whose HDF5
+    superblock is at offset 0, as Caffe writes them, has none and passes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(USERBLOCK + len(_HDF5_SIGNATURE))
+            if not head.startswith(_SEAL_MAGIC):
+                if head[USERBLOCK:] == _HDF5_SIGNATURE:  # our layout, but the seal is damaged
+                    raise CaffeError(f"{path}: damaged HDF5 file: its checksum block is unreadable")
+                return
+            try:
+                fields = head[len(_SEAL_MAGIC):head.index(b"\n")].split(b" ")
+                want, want_n = fields[0].decode("ascii"), int(fields[1])
+                if len(want) != 64 or len(fields) != 2:
+                    raise ValueError
+            except (ValueError, IndexError, UnicodeDecodeError):
+                raise CaffeError(f"{path}: damaged HDF5 file: its checksum block is unreadable") from None
+            digest, n = _digest_after_userblock(f)
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if n < want_n:
+        raise CaffeError(f"{path}: truncated HDF5 file: {n} of its {want_n} bytes are there")
+    if n > want_n:
+        raise CaffeError(f"{path}: damaged HDF5 file: {n - want_n} bytes more than the {want_n} its "
+                         "checksum covers")
+    if digest != want:
         raise CaffeError(f"{path}: damaged HDF5 file: SHA-256 checksum mismatch (the file was changed "
                          "or corrupted after fc-caffe wrote it)")
 
@@ -79,9 +104,10 @@ def _verify(f, path) -> None:
 def _reading(path, read):
     """``read(f)`` on the open file after checking its checksum; the errors of a damaged file
     (HDF5's own, or a missing or mis-typed dataset) become one CaffeError naming it."""
+    if os.path.isfile(path):
+        _check_seal(path)
     with _open(path) as f:
         try:
-            _verify(f, path)
             return read(f)
         except CaffeError:
             raise

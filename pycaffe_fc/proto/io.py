@@ -114,11 +114,19 @@ def _checksum_header(msg: pb_message.Message, body: bytes) -> bytes:
 
 
 _CHECKSUM_TAG = b"\x92\x3f\x20"  # field 1010, length-delimited, 32 bytes
+_LENGTH_TAG = b"\x98\x3f"  # field 1011, varint, at offset 35
+
+
+def _looks_checksummed(raw: bytes) -> bool:
+    # 3 of the header's 5 fixed bytes suffice, so that a bit flipped in a tag cannot pass a damaged
+    # file off as one without a checksum; Caffe's files start with field 1, 2 or 100 instead.
+    fixed = ((0, 0x92), (1, 0x3F), (2, 0x20), (35, 0x98), (36, 0x3F))
+    return sum(i < len(raw) and raw[i] == b for i, b in fixed) >= 3
 
 
 def _verified_body(raw: bytes, msg: pb_message.Message, path: PathLike) -> bytes:
     """``raw`` without its checksum header, after checking it; ``raw`` itself when there is none."""
-    if not (_has_checksum_fields(msg) and raw.startswith(_CHECKSUM_TAG)):
+    if not (_has_checksum_fields(msg) and _looks_checksummed(raw)):
         return raw
     head = type(msg)()
     # the header is field 1010 (35 bytes) then field 1011 (2-byte tag, varint of at most 10 bytes)
@@ -131,7 +139,7 @@ def _verified_body(raw: bytes, msg: pb_message.Message, path: PathLike) -> bytes
     except pb_message.DecodeError:
         head.Clear()
     if len(head.fc_checksum) != 32 or not head.HasField("fc_checksummed_bytes") \
-            or _checksum_header(msg, b"")[:2] != raw[:2]:
+            or raw[:3] != _CHECKSUM_TAG or raw[35:37] != _LENGTH_TAG:
         raise CaffeError(f"{path}: damaged {msg.DESCRIPTOR.name}: its checksum header is unreadable")
     body = raw[n:]
     want = head.fc_checksummed_bytes
@@ -311,7 +319,7 @@ def remove_stale_temporaries(prefix: PathLike) -> list[str]:
         if not m or not m.group("name").startswith(stem + "_iter_"):
             continue
         pid = int(m.group("pid"))
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_exists(pid):
             continue
         full = os.path.join(directory, name)
         try:
@@ -322,7 +330,8 @@ def remove_stale_temporaries(prefix: PathLike) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
+    """kill(pid, 0): True while a process ``pid`` exists (a zombie too), even one of another user."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -22,7 +22,6 @@ Caffe's "fully compatible" flag; Caffe's LOG(FATAL) cases raise CaffeError.
 from __future__ import annotations
 
 import logging
-import os
 
 from pycaffe_fc.errors import CaffeError
 from pycaffe_fc.proto import caffe_pb2
@@ -508,54 +507,3 @@ def upgrade_solver_as_needed(solver: caffe_pb2.SolverParameter, source_name: str
             raise CaffeError(f"{src}: {e}") from None
     return ok
 
-
-# ---------------------------------------------------------------------------
-# The upgrade_* tools
-
-def upgrade_net_proto_text(in_path: str | os.PathLike, out_path: str | os.PathLike) -> bool:
-    """Upgrade a net prototxt to the current format, as tools/upgrade_net_proto_text.
-
-    Writes `out_path` even when nothing needed upgrading (as Caffe does) and
-    returns False if the upgrade was only partly possible.
-    """
-    from pycaffe_fc.proto import io  # io imports this module
-
-    net = io.read_prototxt(in_path, caffe_pb2.NetParameter)
-    ok = True
-    if net_needs_upgrade(net):
-        ok = upgrade_net_as_needed(net, str(in_path))
-        if not ok:
-            log.error("Encountered error(s) while upgrading prototxt; see details above.")
-    else:
-        log.warning("File already in latest proto format: %s", in_path)
-    io.write_proto_text(net, out_path)
-    log.info("Wrote upgraded NetParameter text proto to %s", out_path)
-    return ok
-
-
-def upgrade_net_proto_binary(in_path: str | os.PathLike, out_path: str | os.PathLike) -> bool:
-    """Upgrade a binary net (.caffemodel), as tools/upgrade_net_proto_binary."""
-    from pycaffe_fc.proto import io
-
-    net = io.read_net_param_binary(in_path, upgrade_net=False)
-    ok = True
-    if net_needs_upgrade(net):
-        ok = upgrade_net_as_needed(net, str(in_path))
-    else:
-        log.warning("File already in latest proto format: %s", in_path)
-    io.write_proto_binary(net, out_path)
-    return ok
-
-
-def upgrade_solver_proto_text(in_path: str | os.PathLike, out_path: str | os.PathLike) -> bool:
-    """Upgrade a solver prototxt, as tools/upgrade_solver_proto_text."""
-    from pycaffe_fc.proto import io
-
-    solver = io.read_prototxt(in_path, caffe_pb2.SolverParameter)
-    ok = True
-    if solver_needs_type_upgrade(solver):
-        ok = upgrade_solver_as_needed(solver, str(in_path))
-    else:
-        log.warning("File already in latest proto format: %s", in_path)
-    io.write_proto_text(solver, out_path)
-    return ok

@@ -136,6 +136,8 @@ def read_state(path: str) -> SolverStateRecord:
         raise CaffeError(f"{path}: empty file, not a .solverstate")
     state = read_proto_binary(path, caffe_pb2.SolverState)
     _check_counters(path, state.iter, state.current_step)
+    if isinstance(state.learned_net, bytes):  # protobuf hands back invalid UTF-8 as bytes
+        raise CaffeError(f"{path}: learned_net is not UTF-8 text (damaged solver state)")
     history = [blobproto_to_array(b, what=f"{path}: history blob {i}").astype(np.float32)
                for i, b in enumerate(state.history)]
     layer_states = [{"net": ls.net, "layer": ls.layer, "seed": ls.seed, "draws": ls.draws,

@@ -6,6 +6,7 @@ built and before training, so a caller can register gradient callbacks or broadc
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Callable, Iterable
@@ -22,7 +23,9 @@ class SignalHandler:
     """caffe::SignalHandler: SIGINT and SIGHUP become solver actions ("stop", "snapshot", "none")
     polled by the solver once per iteration; the previous handlers come back on ``restore()``.
 
-    fc-caffe adds SIGTERM (what a scheduler sends before it kills a job): snapshot, then stop.
+    fc-caffe adds SIGTERM (what a scheduler sends before it kills a job): snapshot, then stop; a
+    second SIGTERM kills the process at once, as SIGTERM does in Caffe (a process stuck where no
+    iteration ends would otherwise never die of it).
     ``relayed`` (data-parallel ranks) also takes SIGALRM as SIGINT and SIGUSR1 as SIGHUP: the
     launcher relays those, because MPICH's mpiexec dies on SIGHUP (and SIGUSR2) and answers a
     second SIGINT by killing the job; it passes SIGALRM and SIGUSR1 on to every rank."""
@@ -40,12 +43,19 @@ class SignalHandler:
             self.effects[signal.SIGALRM] = sigint_effect
             self.effects[signal.SIGUSR1] = sighup_effect
         self.pending: list[int] = []
+        self.terms_seen: set[int] = set()
         self.previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in self.effects:
                 self.previous[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGTERM:
+            if signal.SIGTERM in self.terms_seen:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            self.terms_seen.add(signal.SIGTERM)
         self.pending.append(signum)
 
     def action(self) -> str:
