@@ -73,15 +73,9 @@ def _counted(fn, warmup: int = 1):
 
 def count_net(path: str, batch: int):
     """One forward+backward (force_backward, TRAIN) of the prototxt at ``batch``."""
-    from pycaffe_fc.proto.io import read_net_param
+    from benchnet import input_net_param
 
-    param = read_net_param(path)
-    param.force_backward = True
-    for lp in param.layer:
-        if lp.type == "Input":
-            for shape in lp.input_param.shape:
-                shape.dim[0] = batch
-    net = caffe.Net(param, caffe.TRAIN)
+    net = caffe.Net(input_net_param(path, batch), caffe.TRAIN)
     net.keep_forward_columns()  # as `fc-caffe time` and the Solver's training net
     rng = np.random.default_rng(0)
     for name in net.inputs:

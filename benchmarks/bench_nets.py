@@ -73,15 +73,9 @@ def gemm_rate(m: int, k: int, n: int, seconds: float = 0.6) -> float:
 def load_net(path: str, batch: int):
     """The prototxt with its Input batch set and force_backward on, built in TRAIN phase."""
     import pycaffe_fc as caffe
-    from pycaffe_fc.proto.io import read_net_param
+    from benchnet import input_net_param
 
-    param = read_net_param(path)
-    param.force_backward = True
-    for lp in param.layer:
-        if lp.type == "Input":
-            for shape in lp.input_param.shape:
-                shape.dim[0] = batch
-    net = caffe.Net(param, caffe.TRAIN)
+    net = caffe.Net(input_net_param(path, batch), caffe.TRAIN)
     net.keep_forward_columns()  # as `fc-caffe time` and the Solver's training net do
     return net
 

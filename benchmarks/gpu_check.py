@@ -161,15 +161,9 @@ def parse_pytest_summary(text: str) -> str:
 # -- 2. GPU against CPU -----------------------------------------------------------------------------
 def build_net(path: str, batch: int, phase: int):
     import pycaffe_fc as caffe
-    from pycaffe_fc.proto.io import read_net_param
+    from benchnet import input_net_param
 
-    param = read_net_param(path)
-    param.force_backward = True
-    for lp in param.layer:
-        if lp.type == "Input":
-            for shape in lp.input_param.shape:
-                shape.dim[0] = batch
-    return caffe.Net(param, phase)
+    return caffe.Net(input_net_param(path, batch), phase)
 
 
 def _rel(a, b) -> float:
