@@ -104,7 +104,8 @@ def set_mode_cpu() -> None:
 
 
 def set_mode_gpu() -> None:
-    """As ``caffe.set_mode_gpu()``: nets built from now on compute with CuPy on the current device.
+    """As ``caffe.set_mode_gpu()``: nets compute with CuPy on the current device from their next
+    forward/backward on (Caffe::mode() is read at every pass; see Net._follow_mode).
     Without a usable GPU (no CuPy, no driver, no device) a one-line CaffeError says what is missing."""
     global _mode
     require_gpu("set_mode_gpu")

@@ -282,6 +282,34 @@ class Net:
 
         self._prune_backward(param)
         self._output_ids = [self._blob_index[n] for n in sorted(available)]  # std::set order
+        self._mode = backend.mode()  # the mode the layers were built in (see _follow_mode)
+        self._on_device = any(layer.xp is not np for layer in self.layers)
+
+    def _follow_mode(self) -> None:
+        """Caffe reads Caffe::mode() at every Forward/Backward, so a net built in CPU mode computes
+        on the GPU after set_mode_gpu() (and back). Each computing layer is rebuilt for the current
+        mode from its LayerParameter on the same bottom/top Blobs, then given back its old parameter
+        Blobs (same objects: net.params, shared params and solver references stay valid; the
+        SyncedMemory moves their values when first read) and the state it carries between passes.
+        Data sources (layers without bottoms), Python layers and HDF5Output stay as they are: they
+        produce or consume host data in either mode and own readers, prefetchers or files."""
+        from . import rng
+        xp = backend.xp()
+        state = rng.process_state()  # the new layers' throwaway fillers must not move the seeded stream
+        try:
+            for i, old in enumerate(self.layers):
+                if old.xp is xp or not self.bottom_vecs[i] or old.type in _HOST_LAYER_TYPES:
+                    continue
+                new = create_layer(old.layer_param, old.phase)
+                new.SetUp(self.bottom_vecs[i], self.top_vecs[i])
+                new.blobs = old.blobs
+                new.param_propagate_down = list(old.param_propagate_down)
+                _carry_layer_state(old, new)
+                self.layers[i] = new
+        finally:
+            rng.set_process_state(state)
+        self._mode = backend.mode()
+        self._on_device = self._mode == backend.GPU and any(layer.xp is not np for layer in self.layers)
 
     def _append_param(self, layer_id: int, param_id: int) -> None:
         layer = self.layers[layer_id]
@@ -372,6 +400,8 @@ class Net:
     # -- running (Net::ForwardFromTo / BackwardFromTo) ------------------------------------
     def forward_from_to(self, start: int = 0, end: int | None = None) -> float:
         end = len(self.layers) - 1 if end is None else end
+        if self._mode != backend.mode():
+            self._follow_mode()
         loss = 0.0
         before, after = self.callbacks["before_forward"], self.callbacks["after_forward"]
         for i in range(start, end + 1):
@@ -384,6 +414,8 @@ class Net:
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         start = len(self.layers) - 1 if start is None else start
+        if self._mode != backend.mode():
+            self._follow_mode()
         before, after = self.callbacks["before_backward"], self.callbacks["after_backward"]
         for i in range(start, end - 1, -1):
             for fn in before:
@@ -436,20 +468,24 @@ class Net:
 
     def reshape(self) -> None:
         """Net::Reshape: propagate changed input shapes through every layer."""
+        if self._mode != backend.mode():
+            self._follow_mode()
         for i, layer in enumerate(self.layers):
             layer.Reshape(self.bottom_vecs[i], self.top_vecs[i])
 
     def clear_param_diffs(self) -> None:
         """Zero every learnable parameter's diff (Solver::Step's ClearParamDiffs), on the side the
         net computes on (no transfer in GPU mode)."""
+        if self._mode != backend.mode():
+            self._follow_mode()
         with backend.device_side(self.on_device):
             for b in self.learnable_params:
                 b.diff[...] = 0
 
     @property
     def on_device(self) -> bool:
-        """Whether this net's layers compute on the GPU (it was built in GPU mode)."""
-        return any(layer.xp is not np for layer in self.layers)
+        """Whether this net's layers compute on the GPU (built in, or last run in, GPU mode)."""
+        return self._on_device
 
     # -- pycaffe surface -----------------------------------------------------------------------
     @property
@@ -602,6 +638,25 @@ class Net:
 
     def __repr__(self) -> str:
         return f"<Net '{self.name}': {len(self.layers)} layers>"
+
+
+#: layers a mode switch leaves as they are (besides data sources): they run on the host in both modes
+_HOST_LAYER_TYPES = frozenset(("Python", "HDF5Output"))
+
+
+def _carry_layer_state(old: Layer, new: Layer) -> None:
+    """What a rebuilt layer must keep from the old one besides its parameter Blobs: its random
+    stream position (Dropout's masks go on, not restart), a recurrent layer's carried hidden state,
+    and a Convolution's keep_forward_columns choice."""
+    stream = old.__dict__.get("random_stream")
+    if stream is not None:
+        new.random_stream = stream
+    carried = getattr(old, "_state", None)
+    if isinstance(carried, list) and getattr(new, "_state", None) is not None:
+        new._state = [new.xp.asarray(backend.to_numpy(s)) for s in carried]
+    if getattr(old, "_kept", None) is not None:
+        old.keep_forward_columns(False)
+        new.keep_forward_columns(True)
 
 
 def _squeeze_lead(shape) -> tuple:

@@ -293,6 +293,136 @@ def test_pycaffe_classify_script_runs_unchanged_in_gpu_mode(tmp_path):
     assert outs["gpu"][1] == outs["cpu"][1] and outs["gpu"][1].endswith("numpy")
 
 
+# -- the mode is read at every forward, as Caffe::mode() ------------------------------------------
+MODE_SWITCH = """
+import sys
+import numpy as np
+import cupy_standin as S
+import pycaffe_fc as caffe
+from pycaffe_fc import backend
+
+tiny, train, solver_file, rnn = sys.argv[1:5]
+rng = np.random.default_rng(0)
+
+# pycaffe's classification example: build in CPU mode, time a forward, then set_mode_gpu and again
+caffe.set_mode_cpu()
+caffe.set_random_seed(0)
+net = caffe.Net(tiny, caffe.TEST)
+params = net.params
+blobs = [b for bs in params.values() for b in bs]
+x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+net.blobs["data"].data[...] = x
+ref = net.forward()["prob"].copy()
+assert not net.on_device
+caffe.set_device(0)
+caffe.set_mode_gpu()
+with S.counting() as c:
+    out = net.forward()["prob"].copy()
+assert c.launches > 10, c.launches                    # it really computed on the device
+assert net.on_device and backend.is_device_array(net.params["conv1"][0].gpu_data())
+assert net.layer_dict["conv1"].xp is backend.cupy and net.layers[0].xp is np   # Input stays as is
+np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+caffe.set_mode_cpu()
+with S.counting() as c:
+    out = net.forward()["prob"].copy()
+assert c.launches == 0, S.report()
+assert not net.on_device and net.layer_dict["conv1"].xp is np
+np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+assert [b for bs in net.params.values() for b in bs] == blobs
+assert all(a is b for a, b in zip([b for bs in net.params.values() for b in bs], blobs))
+assert net.params["conv1"] is params["conv1"]
+
+# training across switches (momentum history, dropout masks) = training in one mode
+def trained(switch):
+    caffe.set_mode_cpu()
+    caffe.set_random_seed(7)
+    s = caffe.get_solver(solver_file)
+    before = [b for b in s.net.learnable_params]
+    initial = [b.data.copy() for b in before]
+    s.net.blobs["data"].data[...] = data
+    s.net.blobs["label"].data[...] = label
+    launches = []
+    for i in range(3):
+        if switch:
+            (caffe.set_mode_gpu if i == 1 else caffe.set_mode_cpu)()
+        with S.counting() as c:
+            s.step(1)
+        launches.append(c.launches)
+    assert all(a is b for a, b in zip(s.net.learnable_params, before))
+    assert all(a is b for a, b in zip(s.test_nets[0].params["fc"], s.net.params["fc"]))
+    s.test(0)
+    assert all(np.abs(b.data - w).max() > 1e-4 for b, w in zip(before, initial))   # it trained
+    return [b.data.copy() for b in s.net.learnable_params], launches, s
+
+data = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+label = np.array([0, 1, 2, 3], np.float32)
+want, launches, _ = trained(False)
+assert launches == [0, 0, 0]
+got, launches, s = trained(True)
+assert launches[0] == 0 and launches[1] > 10 and launches[2] == 0, launches
+assert all(type(h) is np.ndarray for h in s.history)
+for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+# a recurrent layer's carried hidden state moves with it
+outs = {}
+for switch in (False, True):
+    caffe.set_mode_cpu()
+    caffe.set_random_seed(3)
+    r = caffe.Net(rnn, caffe.TEST)
+    r.blobs["x"].data[...] = np.linspace(-1, 1, r.blobs["x"].count, dtype=np.float32).reshape(r.blobs["x"].shape)
+    r.blobs["cont"].data[...] = 1
+    first = r.forward()["h"].copy()
+    if switch:
+        caffe.set_mode_gpu()
+    outs[switch] = r.forward()["h"].copy()
+assert np.abs(outs[False] - first).max() > 1e-3     # the state matters
+np.testing.assert_allclose(outs[True], outs[False], rtol=1e-5, atol=1e-6)
+print("OK")
+"""
+
+TRAIN_NET = """
+name: "small"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 3 dim: 8 dim: 8 } shape { dim: 4 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "drop" type: "Dropout" bottom: "conv1" top: "conv1" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+RNN_NET = """
+name: "rnn"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 dim: 4 } } }
+layer { name: "cont" type: "Input" top: "cont" input_param { shape { dim: 3 dim: 2 } } }
+layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "h"
+        recurrent_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+"""
+
+
+def test_a_net_follows_set_mode_gpu_and_set_mode_cpu_made_after_it_was_built(tmp_path):
+    """Caffe reads the mode at every Forward: pycaffe's classification example builds its net in
+    CPU mode and times net.forward() again after caffe.set_mode_gpu(); training continues too."""
+    (tmp_path / "tiny.prototxt").write_text(TINY_NET)
+    (tmp_path / "train.prototxt").write_text(TRAIN_NET)
+    (tmp_path / "rnn.prototxt").write_text(RNN_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        f'train_net: "{tmp_path / "train.prototxt"}" test_net: "{tmp_path / "train.prototxt"}" test_iter: 1 '
+        'test_interval: 1000 base_lr: 0.1 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" '
+        'max_iter: 10 random_seed: 1701 snapshot_after_train: false display: 0\n')
+    script = tmp_path / "switch.py"
+    script.write_text(MODE_SWITCH)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "tiny.prototxt"),
+                        str(tmp_path / "train.prototxt"), str(tmp_path / "solver.prototxt"),
+                        str(tmp_path / "rnn.prototxt")],
+                       capture_output=True, text=True, env=_env(gpu=True), cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.strip().endswith("OK")
+
+
 # -- installs and fails like a product ------------------------------------------------------------
 def test_set_mode_gpu_without_a_usable_gpu_says_what_is_missing(monkeypatch):
     if not GPU_TEST_MODE:

@@ -65,7 +65,12 @@ class SGDSolver(Solver):
 
     def apply_update(self) -> None:
         """SGDSolver::ApplyUpdate, on the side the net computes on (no transfer in GPU mode)."""
-        with backend.device_side(self.net.on_device):
+        on_device = self.net.on_device
+        if self.history and backend.is_device_array(self.history[0]) != on_device:
+            # the net follows a set_mode_gpu()/set_mode_cpu() made after it was built: so does the history
+            xp = backend.cupy if on_device else np
+            self.history[:] = [xp.asarray(backend.to_numpy(h)) for h in self.history]
+        with backend.device_side(on_device):
             self._apply_update()
 
     def _apply_update(self) -> None:
