@@ -118,9 +118,14 @@ class LRNLayer(Layer):
         inner /= self._scale
         acc = workspace("lrn_acc", x.shape, xp)
         self._window_gpu(buf, acc)
+        self._input_grad(x, dy, acc, dx)
+
+    def _input_grad(self, x, dy, acc, dx) -> None:
+        """dx = dy * scale^-beta - 2*alpha*beta/n * x * acc, acc being the window sum of
+        dy * y / scale (Caffe's CrossChannelBackward); shared by the CPU and GPU windowing."""
         acc *= x
         acc *= np.float32(2.0 * self.alpha * self.beta / self.window_count)
-        xp.divide(dy, self._scale_beta, out=dx)
+        self.xp.divide(dy, self._scale_beta, out=dx)
         dx -= acc
 
     def forward(self, bottom, top):
@@ -156,11 +161,7 @@ class LRNLayer(Layer):
         ratio /= self._scale
         acc = workspace("lrn_acc", x.shape, xp)
         self._window(ratio, acc)
-        acc *= x
-        acc *= np.float32(2.0 * self.alpha * self.beta / self.window_count)
-        dx = bottom[0].diff
-        xp.divide(dy, self._scale_beta, out=dx)
-        dx -= acc
+        self._input_grad(x, dy, acc, bottom[0].diff)
 
 
 @register("BatchNorm")
