@@ -300,8 +300,10 @@ def write(results: dict[str, Any], path: str, plot_dir: str | None) -> str:
            if results.get("waited_s", 0) > 5 else ""))
     add(f"- machine: {env['nproc']} cores ({env['cpu']}), numpy {env['numpy']} with {env['blas']}; "
         f"Python {env['python']}; {env['mpi']}; {env['platform']}")
+    busy = env["loadavg_at_start"][0] >= 0.5 * (env["nproc"] or 1)
     add(f"- fc-caffe commit {env['commit']}; load average at start {env['loadavg_at_start']} "
-        f"(the machine was shared with other work while this ran, so timings carry that noise)")
+        + ("(the machine was shared with other work when this started, so timings carry that noise)"
+           if busy else "(no other work was running on the machine when this started)"))
     add("")
 
     summary = _summary_rows(results)
